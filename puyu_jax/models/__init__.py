@@ -1,0 +1,28 @@
+"""One decoder-only transformer for every supported family."""
+
+from puyu_jax.models.config import ModelConfig, RopeConfig
+from puyu_jax.models.params import (
+    abstract_model,
+    from_flat,
+    init_model,
+    logical_axes,
+    param_count,
+    param_shapes,
+    to_flat,
+)
+from puyu_jax.models.transformer import KVCache, Transformer, init_cache
+
+__all__ = [
+    "KVCache",
+    "ModelConfig",
+    "RopeConfig",
+    "Transformer",
+    "abstract_model",
+    "from_flat",
+    "init_cache",
+    "init_model",
+    "logical_axes",
+    "param_count",
+    "param_shapes",
+    "to_flat",
+]

@@ -1,0 +1,339 @@
+"""The one decoder-only transformer (Flax NNX) shared by train, finetune, serve and eval.
+
+Shape letters used throughout (einsum style):
+  b batch, t query length, s key length, d embed (hidden), h query heads,
+  k kv heads, g query heads per kv head (h = k * g), e head_dim, f mlp, v vocab.
+
+Every parameter is declared once, by `_param`, with its shape, dtype, initializer
+and *logical* axis names (`vocab`, `embed`, `heads`, `kv_heads`, `head_dim`,
+`mlp`, `norm`). A sharding rule table (see `puyu_jax.parallel`) maps those names
+onto mesh axes; the model itself never names a mesh axis.
+
+Parameter paths (the flat-dict contract used by the checkpoint converters):
+
+    embed/embedding                 [v, d]
+    layers/{i}/attn_norm/scale      [d]
+    layers/{i}/attn/{q,k,v}_proj/kernel  [d, h|k, e]   (+ bias [h|k, e] when qkv_bias)
+    layers/{i}/attn/o_proj/kernel   [h, e, d]          (+ bias [d] when o_bias)
+    layers/{i}/mlp_norm/scale       [d]
+    layers/{i}/mlp/{gate,up}_proj/kernel [d, f];  layers/{i}/mlp/down_proj/kernel [f, d]
+    final_norm/scale                [d]
+    lm_head/kernel                  [d, v]             (absent when embeddings are tied)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from puyu_jax.models.config import ModelConfig, RopeConfig
+
+Array = jax.Array
+_INIT_STD = 0.02
+
+
+def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], dtype, init="normal"):
+    """Declares one parameter: shape, dtype, initializer and logical axes in one place."""
+    if init == "ones":
+        value = jnp.ones(shape, dtype)
+    elif init == "zeros":
+        value = jnp.zeros(shape, dtype)
+    else:
+        value = (_INIT_STD * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+# ----------------------------------------------------------------------------- RoPE
+
+
+def rope_inv_freq(rope: RopeConfig, head_dim: int, max_positions: int, seq_len: Array | int) -> Array:
+    """Inverse frequencies [e/2] for a RoPE config, as transformers computes them.
+
+    Args:
+      rope: theta and scaling.
+      head_dim: rotary dimension (the full head dim for every supported family).
+      max_positions: the model's max_position_embeddings.
+      seq_len: current sequence length (max position + 1); only dynamic NTK uses it.
+    """
+    exponent = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
+    original = rope.original_max_position_embeddings or max_positions
+    if rope.scaling == "dynamic":
+        # Dynamic NTK: grow the base once the sequence outruns the trained context.
+        seq = jnp.maximum(jnp.asarray(seq_len, jnp.float32), original)
+        base = rope.theta * ((rope.factor * seq / original) - (rope.factor - 1)) ** (
+            head_dim / (head_dim - 2)
+        )
+        return 1.0 / (base**exponent)
+    inv_freq = 1.0 / (rope.theta**exponent)
+    if rope.scaling == "linear":
+        return inv_freq / rope.factor
+    if rope.scaling == "llama3":
+        low_wavelen = original / rope.low_freq_factor
+        high_wavelen = original / rope.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (original / wavelen - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor)
+        smoothed = (1 - smooth) * inv_freq / rope.factor + smooth * inv_freq
+        scaled = jnp.where(wavelen > low_wavelen, inv_freq / rope.factor, inv_freq)
+        is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return jnp.where(is_medium, smoothed, scaled)
+    return inv_freq
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
+    """Rotates x [b, t, n, e] by positions [b, t] (rotate-half convention, as in HF)."""
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # b t e/2
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Dense per-layer KV cache for simple generation (the serving engine pages its own).
+
+    Sequences are left-padded so that every row writes at the same slot:
+    `length` slots are filled for all rows, and row b's real tokens start at
+    slot `starts[b]`.
+
+    k, v: one [b, s_max, k, e] array per layer.
+    starts: [b] int32, first real slot of each row.
+    length: [] int32, number of filled slots.
+    """
+
+    k: list[Array]
+    v: list[Array]
+    starts: Array
+    length: Array
+
+    @property
+    def max_length(self) -> int:
+        return self.k[0].shape[1]
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_length: int, starts: Array | None = None, dtype=None) -> KVCache:
+    """An empty cache for `batch` rows of up to `max_length` slots."""
+    dtype = jnp.dtype(dtype or cfg.dtype)
+    shape = (batch, max_length, cfg.num_kv_heads, cfg.dim_per_head)
+    zeros = [jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)]
+    starts = jnp.zeros((batch,), jnp.int32) if starts is None else jnp.asarray(starts, jnp.int32)
+    return KVCache(k=zeros, v=[jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)], starts=starts, length=jnp.zeros((), jnp.int32))
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, *, param_dtype, rngs: nnx.Rngs):
+        self.eps = eps
+        self.scale = _param(rngs, (dim,), ("norm",), param_dtype, init="ones")
+
+    def __call__(self, x: Array) -> Array:
+        xf = x.astype(jnp.float32)
+        y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        # Same order as transformers: normalise in fp32, cast back, then scale.
+        return self.scale[...].astype(x.dtype) * y.astype(x.dtype)
+
+
+def attention(
+    q: Array, k: Array, v: Array, mask: Array, scale: float
+) -> Array:
+    """Grouped-query attention.
+
+    Args:
+      q: [b, t, h, e] queries.
+      k, v: [b, s, k, e] keys and values (h is a multiple of k).
+      mask: [b, t, s] bool, True where query t may attend to key s.
+      scale: logit scale, usually 1/sqrt(e).
+    Returns:
+      [b, t, h, e].
+    """
+    b, t, h, e = q.shape
+    kv = k.shape[2]
+    qg = q.reshape(b, t, kv, h // kv, e)
+    logits = jnp.einsum("btkge,bske->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
+    logits = jnp.where(mask[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bske->btkge", probs, v)
+    return out.reshape(b, t, h, e)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, h, kv, e = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head
+        pd = jnp.dtype(cfg.param_dtype)
+        self.cfg = cfg
+        self.q_proj = _Proj(rngs, (d, h, e), ("embed", "heads", "head_dim"), pd, bias=cfg.qkv_bias)
+        self.k_proj = _Proj(rngs, (d, kv, e), ("embed", "kv_heads", "head_dim"), pd, bias=cfg.qkv_bias)
+        self.v_proj = _Proj(rngs, (d, kv, e), ("embed", "kv_heads", "head_dim"), pd, bias=cfg.qkv_bias)
+        self.o_proj = _Proj(rngs, (h, e, d), ("heads", "head_dim", "embed"), pd, bias=cfg.o_bias, bias_axes=2)
+
+    def __call__(self, x: Array, positions: Array, inv_freq: Array, mask: Array, kv_cache=None):
+        """x [b, t, d] -> ([b, t, d], new (k, v) layer cache or None)."""
+        dtype = x.dtype
+        q = self.q_proj("btd,dhe->bthe", x)
+        k = self.k_proj("btd,dke->btke", x)
+        v = self.v_proj("btd,dke->btke", x)
+        q = apply_rope(q, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq)
+        if kv_cache is not None:
+            cache_k, cache_v, offset = kv_cache
+            cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), offset, axis=1)
+            cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), offset, axis=1)
+            k, v = cache_k.astype(dtype), cache_v.astype(dtype)
+            kv_cache = (cache_k, cache_v)
+        out = attention(q, k, v, mask, 1.0 / math.sqrt(self.cfg.dim_per_head))
+        return self.o_proj("bthe,hed->btd", out), kv_cache
+
+
+class _Proj(nnx.Module):
+    """An einsum projection with an optional bias over its trailing output axes."""
+
+    def __init__(self, rngs, shape, axes, dtype, *, bias: bool, bias_axes: int = 1):
+        self.kernel = _param(rngs, shape, axes, dtype)
+        self.bias = _param(rngs, shape[bias_axes:], axes[bias_axes:], dtype, init="zeros") if bias else None
+
+    def __call__(self, spec: str, x: Array) -> Array:
+        y = jnp.einsum(spec, x, self.kernel[...].astype(x.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(x.dtype)
+        return y
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, f, pd = cfg.hidden_size, cfg.intermediate_size, jnp.dtype(cfg.param_dtype)
+        self.gate_proj = _Proj(rngs, (d, f), ("embed", "mlp"), pd, bias=False)
+        self.up_proj = _Proj(rngs, (d, f), ("embed", "mlp"), pd, bias=False)
+        self.down_proj = _Proj(rngs, (f, d), ("mlp", "embed"), pd, bias=False)
+
+    def __call__(self, x: Array) -> Array:
+        gate = self.gate_proj("btd,df->btf", x)
+        up = self.up_proj("btd,df->btf", x)
+        return self.down_proj("btf,fd->btd", jax.nn.silu(gate) * up)
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        pd = jnp.dtype(cfg.param_dtype)
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=pd, rngs=rngs)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=pd, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x, positions, inv_freq, mask, kv_cache=None):
+        with jax.named_scope("attention"):
+            h, kv_cache = self.attn(self.attn_norm(x), positions, inv_freq, mask, kv_cache)
+        x = x + h
+        with jax.named_scope("mlp"):
+            x = x + self.mlp(self.mlp_norm(x))
+        return x, kv_cache
+
+
+class Transformer(nnx.Module):
+    """Decoder-only LM covering InternLM, InternLM2, Llama 2/3, Qwen2 and Mistral."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        pd = jnp.dtype(cfg.param_dtype)
+        self.cfg = cfg
+        self.embed = nnx.Module()
+        self.embed.embedding = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), pd)
+        self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=pd, rngs=rngs)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = _Proj(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pd, bias=False)
+
+    def __call__(
+        self,
+        tokens: Array,
+        positions: Array | None = None,
+        segment_ids: Array | None = None,
+        cache: KVCache | None = None,
+        *,
+        last_only: bool = False,
+        remat: Any = None,
+    ) -> tuple[Array, KVCache | None]:
+        """Forward pass.
+
+        Args:
+          tokens: [b, t] int token ids.
+          positions: [b, t] positions (training; default 0..t-1). Ignored with a cache,
+            where positions follow from the cache's `starts` and `length`.
+          segment_ids: [b, t] document ids for packed sequences (0 = padding); tokens
+            attend only within their segment. Ignored with a cache.
+          cache: a KVCache to extend (prefill or decode); the new tokens are written at
+            slots [length, length + t) and the updated cache is returned.
+          last_only: return logits for the last position only ([b, 1, v]).
+          remat: optional `jax.checkpoint` policy (or True for full remat) per block.
+        Returns:
+          (logits [b, t|1, v] float32, updated cache or None).
+        """
+        cfg = self.cfg
+        dtype = jnp.dtype(cfg.dtype)
+        b, t = tokens.shape
+        if cache is None:
+            if positions is None:
+                positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+            mask = _train_mask(t, segment_ids, cfg.sliding_window, b)
+            seq_len = jnp.max(positions) + 1
+        else:
+            slots = cache.length + jnp.arange(t, dtype=jnp.int32)  # t
+            positions = jnp.maximum(slots[None, :] - cache.starts[:, None], 0)
+            mask = _cache_mask(slots, cache.starts, cache.max_length, cfg.sliding_window)
+            seq_len = cache.length + t - jnp.min(cache.starts)
+        inv_freq = rope_inv_freq(cfg.rope, cfg.dim_per_head, cfg.max_position_embeddings, seq_len)
+
+        x = jnp.take(self.embed.embedding[...], tokens, axis=0).astype(dtype)
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.layers):
+            layer_cache = None if cache is None else (cache.k[i], cache.v[i], cache.length)
+            if remat is not None and cache is None:
+                policy = None if remat is True else remat
+                x, _ = nnx.remat(lambda lyr, *a: lyr(*a), policy=policy)(layer, x, positions, inv_freq, mask)
+            else:
+                x, layer_cache = layer(x, positions, inv_freq, mask, layer_cache)
+            if cache is not None:
+                new_k.append(layer_cache[0])
+                new_v.append(layer_cache[1])
+        if last_only:
+            x = x[:, -1:]
+        x = self.final_norm(x)
+        if cfg.tie_word_embeddings:
+            logits = jnp.einsum("btd,vd->btv", x, self.embed.embedding[...].astype(dtype))
+        else:
+            logits = self.lm_head("btd,dv->btv", x)
+        logits = logits.astype(jnp.float32)
+        if cache is not None:
+            cache = cache.replace(k=new_k, v=new_v, length=cache.length + t)
+        return logits, cache
+
+
+def _train_mask(t: int, segment_ids: Array | None, window: int, b: int) -> Array:
+    """[b, t, t] causal mask, restricted to equal non-zero segments when packed."""
+    idx = jnp.arange(t)
+    mask = idx[None, :] <= idx[:, None]
+    if window:
+        mask &= idx[:, None] - idx[None, :] < window
+    mask = jnp.broadcast_to(mask, (b, t, t))
+    if segment_ids is not None:
+        same = segment_ids[:, :, None] == segment_ids[:, None, :]
+        mask &= same & (segment_ids[:, None, :] != 0)
+    return mask
+
+
+def _cache_mask(slots: Array, starts: Array, max_length: int, window: int) -> Array:
+    """[b, t, s_max] mask: key slot j is visible to query slot i iff starts[b] <= j <= i."""
+    j = jnp.arange(max_length)
+    mask = (j[None, None, :] <= slots[None, :, None]) & (j[None, None, :] >= starts[:, None, None])
+    if window:
+        mask &= slots[None, :, None] - j[None, None, :] < window
+    return mask
