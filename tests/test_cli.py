@@ -1,0 +1,48 @@
+"""The `puyu` CLI: help texts, model info, errors that name the key, convert + generate end to end."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from puyu_jax.cli import build_parser, main
+
+
+def test_help_texts_read_well():
+    out = subprocess.run([sys.executable, "-m", "puyu_jax.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    for cmd in ("model", "convert", "generate", "sweep", "Examples:"):
+        assert cmd in out
+    parser = build_parser()
+    for argv in (["model", "info", "--help"], ["convert", "--help"], ["generate", "--help"], ["sweep", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args(argv)
+        assert e.value.code == 0
+
+
+def test_model_info_prints_published_size(capsys):
+    assert main(["model", "info", "internlm2-7b"]) == 0
+    out = capsys.readouterr().out
+    assert "7,737,708,544" in out and "GQA: 32 query / 8 kv heads" in out
+    assert main(["model", "info", "tiny", "num_layers=4"]) == 0
+    assert "│ layers" in capsys.readouterr().out
+
+
+def test_bad_keys_and_sources_are_clear_errors(capsys):
+    assert main(["generate", "tiny", "sampling.temprature=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "sampling.temprature" in err and "temperature" in err
+    assert main(["model", "info", "no-such-model"]) == 2
+    assert "no model at 'no-such-model'" in capsys.readouterr().err
+
+
+def test_convert_then_generate_streams_an_answer(tmp_path, capsys):
+    ckpt = tmp_path / "smollm2"
+    assert main(["convert", "smollm2", str(ckpt), "--to", "puyu"]) == 0
+    assert (ckpt / "model.yaml").exists() and (ckpt / "tokenizer").is_dir()
+    out_dir = tmp_path / "gen"
+    assert main(["generate", str(ckpt), "-p", "What is the capital of France?", "-n", "16", "--out", str(out_dir)]) == 0
+    assert "Paris" in capsys.readouterr().out
+    record = json.loads((out_dir / "outputs.jsonl").read_text().splitlines()[0])
+    assert "Paris" in record["text"]
+    assert (out_dir / "config.yaml").exists() and len((out_dir / "config.hash").read_text().strip()) == 12
