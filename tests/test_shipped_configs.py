@@ -1,0 +1,29 @@
+"""Every YAML shipped under configs/ loads into its typed config."""
+
+from pathlib import Path
+
+import pytest
+
+from puyu_jax.config import load_config
+from puyu_jax.generate import GenerateConfig
+from puyu_jax.models import ModelConfig
+from puyu_jax.sweep import expand_sweep
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+KINDS = {"models": ModelConfig, "generate": GenerateConfig}
+
+
+def test_every_config_directory_has_a_schema():
+    dirs = {p.name for p in CONFIGS.iterdir() if p.is_dir()}
+    assert dirs <= set(KINDS) | {"sweeps"}, f"no schema test for {sorted(dirs - set(KINDS) - {'sweeps'})}"
+
+
+@pytest.mark.parametrize("path", sorted(p for k in KINDS for p in (CONFIGS / k).glob("*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_config_loads(path):
+    load_config(KINDS[path.parent.name], path)
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_sweep_expands(path):
+    sweep = expand_sweep(path)
+    assert sweep.points and len({p.hash for p in sweep.points}) == len(sweep.points)
