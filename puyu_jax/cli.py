@@ -85,11 +85,11 @@ def _cmd_generate(args) -> int:
         sys.stdout.flush()
 
     metrics = run_generate(cfg, args.out, on_text=show)
-    print()
+    show("\n")
+    rate = f", decode {metrics['decode_tok_s']:.1f} tok/s" if metrics["decode_steps"] else ""
     print(
-        f"[{metrics['prompt_tokens']} prompt tokens, {metrics['new_tokens']} new; "
-        f"prefill {metrics['prefill_tok_s']:.0f} tok/s, decode {metrics['decode_tok_s']:.1f} tok/s "
-        f"(first call includes compilation)]",
+        f"[{metrics['prompt_tokens']} prompt + {metrics['new_tokens']} new tokens; load {metrics['load_s']:.1f} s, "
+        f"prefill {metrics['prefill_s']:.1f} s and first step {metrics['first_step_s']:.1f} s (with compilation){rate}]",
         file=sys.stderr,
     )
     return 0

@@ -80,16 +80,21 @@ def _decode(graphdef, state, token, cache: KVCache, key, sampling: tuple):
 
 @dataclass
 class GenerationStats:
+    """Cumulative timings. The first decode step of each call (which compiles on a new
+    shape) is kept apart in `first_step_s`, so `decode_tok_s` is the steady-state rate."""
+
     prompt_tokens: int = 0
     new_tokens: int = 0
     prefill_s: float = 0.0
+    first_step_s: float = 0.0
     decode_s: float = 0.0
-    decode_steps: int = 0
+    decode_steps: int = 0  # steady-state steps (after the first of each call)
+    decode_tokens: int = 0  # tokens produced by those steps
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["prefill_tok_s"] = self.prompt_tokens / self.prefill_s if self.prefill_s else 0.0
-        d["decode_tok_s"] = self.new_tokens / self.decode_s if self.decode_s else 0.0
+        d["decode_tok_s"] = self.decode_tokens / self.decode_s if self.decode_s else 0.0
         return d
 
 
@@ -144,18 +149,24 @@ class Generator:
         host = np.asarray(token)
         self.stats.prefill_s += time.perf_counter() - t0
         self.stats.prompt_tokens += sum(len(p) for p in prompts)
-        t0 = time.perf_counter()
         for step in range(sampling.max_new_tokens):
             out = np.where(done, -1, host)
-            self.stats.new_tokens += int((~done).sum())
+            produced = int((~done).sum())
+            self.stats.new_tokens += produced
+            if step >= 2:
+                self.stats.decode_tokens += produced
             done |= np.isin(host, stop)
             yield out
             if done.all() or step == sampling.max_new_tokens - 1:
                 break
+            t0 = time.perf_counter()
             token, cache = _decode(self.graphdef, self.state, token, cache, jax.random.fold_in(key, step + 1), knobs)
             host = np.asarray(token)
-            self.stats.decode_steps += 1
-        self.stats.decode_s += time.perf_counter() - t0
+            if step == 0:
+                self.stats.first_step_s += time.perf_counter() - t0
+            else:
+                self.stats.decode_s += time.perf_counter() - t0
+                self.stats.decode_steps += 1
 
     def generate(
         self,
