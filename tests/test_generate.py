@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from puyu_jax.generate import Generator, SamplingConfig, _decode, sample_logits
-from puyu_jax.models import ModelConfig, init_model
+from puyu_jax.models import ModelConfig, init_model, to_flat
 
 TINY = ModelConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
                    num_kv_heads=2, max_position_embeddings=256)
@@ -93,3 +93,27 @@ def test_steady_state_generation_does_not_recompile(gen):
     for n in (2, 3, 5):  # other prompt lengths in the same bucket
         gen.generate([list(range(3, 3 + n))], SamplingConfig(max_new_tokens=6))
     assert _decode._cache_size() == before
+
+
+def test_generate_sweep_runs_each_point_once(tmp_path, smollm2_gguf):
+    """`puyu sweep` over the real generate run kind: hash-named dirs, cached on re-run."""
+    from puyu_jax.checkpoint import save_checkpoint
+    from puyu_jax.sweep import run_sweep
+    from puyu_jax.tokenizer import tokenizer_from_gguf
+
+    tok = tokenizer_from_gguf(smollm2_gguf)
+    cfg = dataclasses.replace(TINY, vocab_size=tok.vocab_size, eos_token_id=tok.eos_id, chat_template="chatml")
+    tok.save(tmp_path / "tok")
+    save_checkpoint(tmp_path / "ckpt", cfg, {k: np.asarray(v) for k, v in to_flat(init_model(cfg)).items()},
+                    tokenizer_files={p.name: p for p in (tmp_path / "tok").iterdir()})
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        f"run: generate\noverrides: [model={tmp_path / 'ckpt'}, sampling.max_new_tokens=4]\n"
+        f"grid:\n  sampling.temperature: [0.0, 1.0]\nout_dir: {tmp_path / 'out'}\n"
+    )
+    rows = run_sweep(sweep)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    for r in rows:
+        d = tmp_path / "out" / r["hash"]
+        assert (d / "DONE").exists() and (d / "outputs.jsonl").exists() and (d / "config.yaml").exists()
+    assert [r["status"] for r in run_sweep(sweep)] == ["cached", "cached"]
