@@ -3,6 +3,8 @@
     puyu model info SOURCE            parameter counts and shapes of a model
     puyu convert SRC DST --to puyu    HF dir / GGUF / puyu checkpoint -> orbax or HF
     puyu generate MODEL -p PROMPT     chat or raw generation with the KV cache, streamed
+    puyu train CONFIG                 pretrain with meshes, ZeRO presets, checkpoints and resume
+    puyu configs list|copy            find shipped configs
     puyu sweep FILE                   run every point of a config sweep
 """
 
@@ -95,6 +97,52 @@ def _cmd_generate(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from puyu_jax.config import load_config
+    from puyu_jax.train.config import TrainConfig
+    from puyu_jax.train.distributed import maybe_initialize_distributed
+    from puyu_jax.train.loop import train
+
+    maybe_initialize_distributed()
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    summary = train(cfg, resume=args.resume)
+    print(f"finished at step {summary.get('step', summary['start_step'])}: loss {summary.get('loss', float('nan')):.4f}; "
+          f"outputs in {cfg.out_dir}")
+    return 0
+
+
+def _cmd_configs_list(args) -> int:
+    from puyu_jax.config import configs_dir
+
+    root = configs_dir()
+    for path in sorted(root.rglob("*.yaml")):
+        rel = path.relative_to(root)
+        if args.pattern and args.pattern not in str(rel):
+            continue
+        first = next((ln[1:].strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
+        print(f"{str(rel.with_suffix('')):40s} {first}")
+    return 0
+
+
+def _cmd_configs_copy(args) -> int:
+    import shutil
+
+    from puyu_jax.config import configs_dir
+
+    root = configs_dir()
+    matches = [p for p in root.rglob("*.yaml") if str(p.relative_to(root).with_suffix("")) in (args.name, args.name.removesuffix(".yaml"))]
+    if not matches:
+        matches = [p for p in root.rglob("*.yaml") if p.stem == args.name]
+    if len(matches) != 1:
+        raise FileNotFoundError(f"no unique config named {args.name!r} (see `puyu configs list`)")
+    dest = Path(args.dest)
+    if dest.is_dir():
+        dest = dest / matches[0].name
+    shutil.copyfile(matches[0], dest)
+    print(f"copied {matches[0].relative_to(root)} to {dest}")
+    return 0
+
+
 def _cmd_sweep(args) -> int:
     from puyu_jax.sweep import run_sweep
 
@@ -159,6 +207,30 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", help="write config.yaml, config.hash and outputs.jsonl here")
     gen.add_argument("overrides", nargs="*", help="key=value config overrides")
     gen.set_defaults(fn=_cmd_generate)
+
+    tr = sub.add_parser(
+        "train",
+        help="pretrain (or continue training) a model: sharded, checkpointed, resumable",
+        description="Train from a TrainConfig YAML. Mesh and ZeRO preset come from parallel.*; "
+                    "checkpoints, metrics.jsonl and tensorboard logs go to out_dir.",
+        epilog="Examples:\n  puyu train configs/pretrain/tiny-shakespeare.yaml\n"
+               "  puyu train configs/pretrain/tiny-shakespeare.yaml parallel.preset=zero3 parallel.fsdp=8 --resume",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tr.add_argument("config", help="TrainConfig YAML (see `puyu configs list pretrain`)")
+    tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=100 parallel.preset=zero2")
+    tr.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in out_dir")
+    tr.set_defaults(fn=_cmd_train)
+
+    cf = sub.add_parser("configs", help="list shipped configs or copy one to edit")
+    csub = cf.add_subparsers(dest="configs_command", metavar="SUBCOMMAND", required=True)
+    cl = csub.add_parser("list", help="list the YAML configs under configs/")
+    cl.add_argument("pattern", nargs="?", help="only names containing this")
+    cl.set_defaults(fn=_cmd_configs_list)
+    cc = csub.add_parser("copy", help="copy a shipped config (by name) to DEST")
+    cc.add_argument("name", help="e.g. pretrain/tiny-shakespeare or tiny-shakespeare")
+    cc.add_argument("dest", help="file or directory")
+    cc.set_defaults(fn=_cmd_configs_copy)
 
     sw = sub.add_parser(
         "sweep",

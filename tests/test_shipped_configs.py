@@ -8,9 +8,10 @@ from puyu_jax.config import load_config
 from puyu_jax.generate import GenerateConfig
 from puyu_jax.models import ModelConfig
 from puyu_jax.sweep import expand_sweep
+from puyu_jax.train.config import TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-KINDS = {"models": ModelConfig, "generate": GenerateConfig}
+KINDS = {"models": ModelConfig, "generate": GenerateConfig, "pretrain": TrainConfig}
 
 
 def test_every_config_directory_has_a_schema():

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from puyu_jax.models.config import ModelConfig, RopeConfig
+from puyu_jax.parallel.sharding import constrain
 
 Array = jax.Array
 _INIT_STD = 0.02
@@ -292,7 +293,7 @@ class Transformer(nnx.Module):
             seq_len = cache.length + t - jnp.min(cache.starts)
         inv_freq = rope_inv_freq(cfg.rope, cfg.dim_per_head, cfg.max_position_embeddings, seq_len)
 
-        x = jnp.take(self.embed.embedding[...], tokens, axis=0).astype(dtype)
+        x = constrain(jnp.take(self.embed.embedding[...], tokens, axis=0).astype(dtype), ("batch", "length", "embed"))
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
             layer_cache = None if cache is None else (cache.k[i], cache.v[i], cache.length)
@@ -301,6 +302,7 @@ class Transformer(nnx.Module):
                 x, _ = nnx.remat(lambda lyr, *a: lyr(*a), policy=policy)(layer, x, positions, inv_freq, mask)
             else:
                 x, layer_cache = layer(x, positions, inv_freq, mask, layer_cache)
+            x = constrain(x, ("batch", "length", "embed"))
             if cache is not None:
                 new_k.append(layer_cache[0])
                 new_v.append(layer_cache[1])

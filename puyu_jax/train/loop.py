@@ -1,0 +1,156 @@
+"""The training loop: a thin shell around `Trainer.step_fn` that owns data, checkpoints and logs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from puyu_jax.config import config_hash, save_run_config
+from puyu_jax.train.config import TrainConfig
+from puyu_jax.train.metrics import MetricsWriter, device_peak_flops
+from puyu_jax.train.step import Trainer, model_flops_per_token
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def make_data(cfg: TrainConfig, run_dir: Path):
+    """(iterator of host batches, tokenizer or None) for this process's share of the batch."""
+    pi, pc = jax.process_index(), jax.process_count()
+    if cfg.data.source == "packed":
+        from puyu_jax.data.loader import make_loader
+
+        it = make_loader(cfg.data.path, batch_size=cfg.batch_size // pc, seed=cfg.data.seed,
+                         shard_index=pi, shard_count=pc, worker_count=cfg.data.worker_count)
+        return it, None
+    from puyu_jax.train.text_data import text_loader, text_windows
+
+    windows, tok = text_windows(cfg.data, run_dir)
+    if tok.vocab_size > cfg.model.vocab_size:
+        raise ValueError(f"tokenizer has {tok.vocab_size} tokens but model.vocab_size={cfg.model.vocab_size}")
+    return text_loader(windows, cfg.batch_size, cfg.data.seed, pi, pc), tok
+
+
+def _checkpoint_manager(cfg: TrainConfig, run_dir: Path) -> ocp.CheckpointManager:
+    directory = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir / "checkpoints"
+    options = ocp.CheckpointManagerOptions(max_to_keep=cfg.checkpoint.keep,
+                                           enable_async_checkpointing=cfg.checkpoint.async_save)
+    return ocp.CheckpointManager(directory.resolve(), options=options)
+
+
+def _global_batch(trainer: Trainer, host_batch: dict) -> dict:
+    """Host-local rows -> global arrays (multi-process: each process supplies its rows)."""
+    if jax.process_count() == 1:
+        return trainer.shard_batch(host_batch)
+    a = trainer.cfg.grad_accum
+    out = {}
+    for k in ("tokens", "segment_ids", "positions"):
+        x = np.asarray(host_batch[k], np.int32)
+        x = x.reshape(a, x.shape[0] // a, *x.shape[1:])
+        out[k] = jax.make_array_from_process_local_data(trainer.batch_sharding, x)
+    return out
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, console=None, devices=None) -> dict:
+    """Runs (or resumes) a training run; returns the final summary.
+
+    Writes into cfg.out_dir: config.yaml + config.hash, metrics.jsonl, tensorboard/,
+    checkpoints/ (params, optimizer state, step, data-loader state, config hash).
+    """
+    run_dir = Path(cfg.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    chash = save_run_config(cfg, run_dir) if jax.process_index() == 0 else config_hash(cfg)
+    it, _ = make_data(cfg, run_dir)
+    trainer = Trainer.create(cfg, devices)
+    mngr = _checkpoint_manager(cfg, run_dir)
+    start = 0
+    if resume and mngr.latest_step() is not None:
+        start = mngr.latest_step()
+        restored = mngr.restore(start, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(trainer.abstract_state()),
+            data=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore(),
+        ))
+        state = restored.state
+        it.set_state(restored.data)
+        if restored.meta.get("config_hash") != chash:
+            _say(console, f"note: resuming a checkpoint written with config {restored.meta.get('config_hash')}, now {chash}")
+        _say(console, f"resumed from step {start}")
+    else:
+        state = trainer.init_state()
+
+    stop = {"flag": False}
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+    writer = MetricsWriter(run_dir, cfg.tensorboard)
+    flops_per_token = model_flops_per_token(cfg.model, cfg.data.seq_len)
+    peak, peak_src = device_peak_flops()
+    n_dev = trainer.mesh.size
+
+    def save(step: int) -> None:
+        mngr.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave(it.get_state()),
+            meta=ocp.args.JsonSave({"step": step, "config_hash": chash}),
+        ), force=True)
+
+    summary: dict = {"start_step": start, "peak_flops_per_device": peak, "peak_source": peak_src}
+    t_last = time.perf_counter()
+    try:
+        for step in range(start, cfg.steps):
+            t0 = time.perf_counter()
+            host_batch = next(it)
+            t_data = time.perf_counter() - t0
+            state, m = trainer.step_fn(state, _global_batch(trainer, host_batch))
+            m = jax.device_get(m)  # one host sync per step: the loss is logged every step
+            now = time.perf_counter()
+            step_time, t_last = now - t_last, now
+            if not m["finite"]:
+                if cfg.nan_policy == "stop":
+                    raise NonFiniteLossError(f"non-finite loss or gradient at step {step + 1}; stopping (nan_policy=stop)")
+                _say(console, f"step {step + 1}: non-finite loss/grad, update skipped")
+            tokens = cfg.batch_size * cfg.data.seq_len
+            row = {
+                "loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]), "lr": float(m["lr"]),
+                "tokens_per_s": tokens / step_time, "tokens_per_s_per_device": tokens / step_time / n_dev,
+                "mfu": flops_per_token * tokens / step_time / (peak * n_dev),
+                "step_time_s": step_time, "data_time_s": t_data, "skipped": int(state["skipped"]) if not m["finite"] else None,
+            }
+            row = {k: v for k, v in row.items() if v is not None}
+            writer.write(step + 1, row)
+            if (step + 1) % cfg.log_every == 0 or step == start or step + 1 == cfg.steps:
+                _say(console, f"step {step + 1}/{cfg.steps}  loss {row['loss']:.4f}  gnorm {row['grad_norm']:.3f}  "
+                              f"lr {row['lr']:.2e}  {row['tokens_per_s']:,.0f} tok/s  MFU {row['mfu']:.1%}")
+            summary.update(step=step + 1, loss=row["loss"])
+            done = step + 1 == cfg.steps
+            if stop["flag"] or done or (cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0):
+                save(step + 1)
+            if stop["flag"]:
+                _say(console, f"SIGTERM: saved step {step + 1}, exiting")
+                summary["interrupted"] = True
+                break
+    finally:
+        mngr.wait_until_finished()
+        mngr.close()
+        writer.close()
+        signal.signal(signal.SIGTERM, previous)
+    summary["skipped_updates"] = int(state["skipped"])
+    if jax.process_index() == 0:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _say(console, text: str) -> None:
+    if jax.process_index() != 0:
+        return
+    if console is not None:
+        console.print(text)
+    else:
+        print(text, file=sys.stderr, flush=True)

@@ -1,0 +1,227 @@
+"""The pure training step and the sharded train state.
+
+State is a plain dict pytree:
+    params:    flat dict name -> array (master weights, model.param_dtype)
+    opt_state: optax AdamW state (mirrors params)
+    step:      int32 []
+    skipped:   int32 [] — updates dropped by the NaN/Inf guard
+
+A batch is a dict of int32 arrays [grad_accum, micro_batch, seq_len]: tokens,
+segment_ids (0 = padding; documents never attend across a boundary), positions.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from puyu_jax.models.config import ModelConfig
+from puyu_jax.models.params import abstract_model, init_model, logical_axes, param_shapes, to_flat
+from puyu_jax.parallel.sharding import (
+    activation_rules,
+    activation_sharding,
+    batch_sharding,
+    build_mesh,
+    preset_rules,
+    tree_shardings,
+)
+from puyu_jax.train.config import OptimizerConfig, TrainConfig
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": True,
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def lr_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
+    """Linear warmup from 0, then cosine / linear decay to lr * min_lr_ratio, or constant."""
+    warm = max(cfg.warmup_steps, 0)
+    end = cfg.lr * cfg.min_lr_ratio
+    decay_steps = max(total_steps - warm, 1)
+    if cfg.schedule == "constant":
+        main = optax.constant_schedule(cfg.lr)
+    elif cfg.schedule == "linear":
+        main = optax.linear_schedule(cfg.lr, end, decay_steps)
+    else:
+        main = optax.cosine_decay_schedule(cfg.lr, decay_steps, alpha=cfg.min_lr_ratio)
+    if not warm:
+        return main
+    return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warm), main], [warm])
+
+
+def decay_mask(params: dict[str, Any]) -> dict[str, bool]:
+    """Weight decay on matrices only: never on norm scales or biases."""
+    return {k: not (k.endswith("/scale") or k.endswith("/bias")) for k in params}
+
+
+def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip > 0 else optax.identity(),
+        optax.adamw(lr_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                    weight_decay=cfg.weight_decay, mask=decay_mask),
+    )
+
+
+def bind(graphdef, template: nnx.State, flat: dict[str, jax.Array]):
+    """The model whose parameters are `flat` (trace-time only under jit)."""
+    leaves = [(path, var.replace(flat["/".join(map(str, path))])) for path, var in nnx.to_flat_state(template)]
+    return nnx.merge(graphdef, nnx.from_flat_state(leaves))
+
+
+def token_loss(model, batch: dict[str, jax.Array], z_loss: float, remat) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Summed next-token cross-entropy over a micro-batch.
+
+    The target of position i is token i+1 of the same document; padding and the first
+    token of each document are never targets. Returns (loss_sum, z_sum, n_targets).
+    """
+    tokens, seg = batch["tokens"], batch["segment_ids"]
+    logits, _ = model(tokens, positions=batch["positions"], segment_ids=seg, remat=remat)
+    logits = logits[:, :-1]
+    targets = tokens[:, 1:]
+    valid = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    nll = lse - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    w = valid.astype(jnp.float32)
+    return jnp.sum(nll * w), jnp.sum(jnp.square(lse) * w), jnp.sum(w)
+
+
+@dataclass
+class Trainer:
+    """Holds what the pure step closes over: mesh, shardings, graphdef, optimizer."""
+
+    cfg: TrainConfig
+    mesh: jax.sharding.Mesh
+    tx: optax.GradientTransformation
+    graphdef: Any
+    template: nnx.State
+    param_shardings: dict
+    grad_shardings: dict
+    state_shardings: dict
+    batch_sharding: jax.sharding.NamedSharding
+
+    @classmethod
+    def create(cls, cfg: TrainConfig, devices: list | None = None) -> "Trainer":
+        mesh = build_mesh(cfg.parallel, devices)
+        param_rules, state_rules = preset_rules(cfg.parallel.preset)
+        axes, shapes = logical_axes(cfg.model), {k: v.shape for k, v in param_shapes(cfg.model).items()}
+        p_shard = tree_shardings(axes, shapes, param_rules, mesh)
+        g_shard = tree_shardings(axes, shapes, state_rules, mesh)
+        tx = make_optimizer(cfg.optimizer, cfg.steps)
+        graphdef, template = nnx.split(abstract_model(cfg.model), nnx.Param)
+        abstract_params = {k: jax.ShapeDtypeStruct(s, jnp.dtype(cfg.model.param_dtype)) for k, s in shapes.items()}
+        abstract_opt = jax.eval_shape(tx.init, abstract_params)
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        opt_shard = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, g_shard,
+                                          transform_non_params=lambda _: replicated)
+        state_shardings = {"params": p_shard, "opt_state": opt_shard, "step": replicated, "skipped": replicated}
+        bsh = batch_sharding(mesh, param_rules, ndim=3)
+        bsh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, *bsh.spec[:2]))
+        return cls(cfg, mesh, tx, graphdef, template, p_shard, g_shard, state_shardings, bsh)
+
+    # -- state -------------------------------------------------------------------------------
+
+    def init_state(self, seed: int | None = None) -> dict:
+        """Fresh, sharded train state: each array is created directly in its sharding."""
+        seed = self.cfg.seed if seed is None else seed
+
+        def init():
+            params = to_flat(init_model(self.cfg.model, seed))
+            return {"params": params, "opt_state": self.tx.init(params),
+                    "step": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
+
+        return jax.jit(init, out_shardings=self.state_shardings)()
+
+    def abstract_state(self) -> dict:
+        """ShapeDtypeStructs (with shardings) of the state: the restore target for orbax."""
+        def shapes():
+            params = {k: jnp.zeros(v.shape, v.dtype) for k, v in param_shapes(self.cfg.model).items()}
+            return {"params": params, "opt_state": self.tx.init(params),
+                    "step": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
+
+        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            jax.eval_shape(shapes), self.state_shardings)
+
+    # -- step --------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def step_fn(self):
+        """jit'd `(state, batch) -> (state, metrics)` with explicit in/out shardings, state donated."""
+        cfg = self.cfg
+        remat = REMAT_POLICIES[cfg.remat]
+        act_rules = activation_rules(cfg.parallel.preset)
+        schedule = lr_schedule(cfg.optimizer, cfg.steps)
+
+        def micro(params, mb):
+            with activation_sharding(self.mesh, act_rules):
+                model = bind(self.graphdef, self.template, params)
+                loss_sum, z_sum, n = token_loss(model, mb, cfg.z_loss, remat)
+            return loss_sum + cfg.z_loss * z_sum, (loss_sum, n)
+
+        grad_fn = jax.grad(micro, has_aux=True)
+
+        def step(state, batch):
+            params = state["params"]
+
+            def body(carry, mb):
+                g_acc, loss_acc, n_acc = carry
+                g, (loss_sum, n) = grad_fn(params, mb)
+                g = jax.lax.with_sharding_constraint(g, self.grad_shardings)
+                g_acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
+                return (g_acc, loss_acc + loss_sum, n_acc + n), None
+
+            zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+            zeros = jax.lax.with_sharding_constraint(zeros, self.grad_shardings)
+            (grads, loss_sum, n), _ = jax.lax.scan(body, (zeros, jnp.float32(0), jnp.float32(0)), batch)
+            n = jnp.maximum(n, 1.0)
+            grads = jax.tree.map(lambda g: g / n, grads)
+            loss = loss_sum / n
+            grad_norm = optax.tree.norm(grads)
+            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            updates, new_opt = self.tx.update(grads, state["opt_state"], params)
+            new_params = optax.apply_updates(params, updates)
+            # NaN/Inf guard: keep the old params and optimizer state, count the skip.
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+            new_state = {
+                "params": keep(new_params, params),
+                "opt_state": keep(new_opt, state["opt_state"]),
+                "step": state["step"] + 1,
+                "skipped": state["skipped"] + (~finite).astype(jnp.int32),
+            }
+            metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]),
+                       "tokens": n, "finite": finite}
+            return new_state, metrics
+
+        return jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
+                       out_shardings=(self.state_shardings, None), donate_argnums=(0,))
+
+    def shard_batch(self, batch: dict[str, Any]) -> dict[str, jax.Array]:
+        """[batch, seq] host arrays -> [grad_accum, micro, seq] global arrays on the mesh."""
+        a = self.cfg.grad_accum
+        out = {}
+        for k in ("tokens", "segment_ids", "positions"):
+            x = jnp.asarray(batch[k], jnp.int32)
+            out[k] = jax.device_put(x.reshape(a, x.shape[0] // a, *x.shape[1:]), self.batch_sharding)
+        return out
+
+
+def model_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token: 6 x (non-embedding params + output head) plus causal attention.
+
+    Dense matmuls: 6N (forward 2N, backward 4N). Attention scores and values:
+    forward 4 * L * H * Dh * T per token, halved by the causal mask, times 3 for
+    forward + backward -> 6 * L * H * Dh * T.
+    """
+    shapes = param_shapes(cfg)
+    n = sum(int(jnp.prod(jnp.array(s.shape))) for k, s in shapes.items() if k != "embed/embedding")
+    if cfg.tie_word_embeddings:
+        n += cfg.vocab_size * cfg.hidden_size  # the tied head still does a matmul
+    attn = 6 * cfg.num_layers * cfg.num_heads * cfg.dim_per_head * seq_len
+    return 6.0 * n + attn
+
