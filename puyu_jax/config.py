@@ -362,6 +362,7 @@ def load_config(
         raise TypeError(f"load_config needs a dataclass type, got {cls!r}")
     if isinstance(overrides, str):
         overrides = [overrides]
+    dotted: list[tuple[str, Any]] = []
     if isinstance(source, cls):
         root = _fresh(source, "")
     else:
@@ -369,11 +370,17 @@ def load_config(
         if isinstance(source, (str, Path)):
             path = Path(source).expanduser()
             try:
-                _merge(root, cls, _read_yaml(path), "", path.resolve().parent)
+                data, dotted = _split_dotted(_read_yaml(path))
+                _merge(root, cls, data, "", path.resolve().parent)
+                for key, value in dotted:
+                    _apply_override(root, cls, key, None, value)
             except ConfigError as e:
                 raise ConfigError(f"{path}: {e}") from e
         elif isinstance(source, Mapping):
-            _merge(root, cls, source, "", None)
+            data, dotted = _split_dotted(source)
+            _merge(root, cls, data, "", None)
+            for key, value in dotted:
+                _apply_override(root, cls, key, None, value)
         elif source is not None:
             raise ConfigError(f"config source must be a path, a mapping or None, got {type(source).__name__}")
     for item in overrides:
@@ -383,6 +390,13 @@ def load_config(
             key, raw = parse_override(item)
             _apply_override(root, cls, key, raw)
     return _finish(cls, root)
+
+
+def _split_dotted(data: Mapping) -> tuple[dict, list[tuple[str, Any]]]:
+    """Top-level ``a.b: value`` keys of a file are applied like overrides, after the rest
+    (so ``model: llama2-7b`` and ``model.dtype: bfloat16`` can sit side by side)."""
+    plain = {k: v for k, v in data.items() if not (isinstance(k, str) and "." in k)}
+    return plain, [(k, v) for k, v in data.items() if isinstance(k, str) and "." in k]
 
 
 def _finish(cls: type[T], root: DictConfig) -> T:

@@ -226,3 +226,20 @@ def test_named_subconfig(tmp_path, monkeypatch):
     write(root / "models" / "bad.yaml", {"hidden_sise": 3})
     with pytest.raises(ConfigError, match=r"unknown key 'model\.hidden_sise'"):
         load_config(RunCfg, {"model": "bad"})
+
+
+def test_dotted_keys_in_a_file_apply_after_a_named_sub_config(tmp_path):
+    from puyu_jax.models.config import ModelConfig
+
+    @dataclasses.dataclass(frozen=True)
+    class Run:
+        model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+        steps: int = 1
+
+    f = tmp_path / "run.yaml"
+    f.write_text("model: tiny\nmodel.dtype: bfloat16\nsteps: 3\n")
+    cfg = load_config(Run, f)
+    assert cfg.model.dtype == "bfloat16" and cfg.model.num_layers == 2 and cfg.steps == 3
+    f.write_text("model: tiny\nmodel.dtyp: bfloat16\n")
+    with pytest.raises(ConfigError, match="model.dtyp"):
+        load_config(Run, f)
