@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 FAMILIES = ("llama", "qwen2", "mistral", "internlm", "internlm2")
 ROPE_SCALINGS = ("none", "linear", "dynamic", "llama3")
 DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION_IMPLS = ("einsum", "dot_product")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ class ModelConfig:
     o_bias: bool = False  # bias on the output projection (internlm)
     tie_word_embeddings: bool = False
     sliding_window: int = 0  # 0 means full attention (mistral v0.1 uses 4096)
+    # einsum: plain-JAX GQA attention; dot_product: jax.nn.dot_product_attention, which
+    # lowers to cuDNN flash attention on NVIDIA GPUs (XLA elsewhere).
+    attention_impl: str = "einsum"
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # storage dtype of the parameters
     # Token ids and the chat template are properties of the checkpoint's tokenizer;
@@ -70,6 +74,8 @@ class ModelConfig:
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {DTYPES}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl={self.attention_impl!r}: expected one of {ATTENTION_IMPLS}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"

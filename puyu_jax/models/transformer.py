@@ -145,9 +145,7 @@ class RMSNorm(nnx.Module):
         return self.scale[...].astype(x.dtype) * y.astype(x.dtype)
 
 
-def attention(
-    q: Array, k: Array, v: Array, mask: Array, scale: float
-) -> Array:
+def attention(q: Array, k: Array, v: Array, mask: Array, scale: float, impl: str = "einsum") -> Array:
     """Grouped-query attention.
 
     Args:
@@ -155,9 +153,13 @@ def attention(
       k, v: [b, s, k, e] keys and values (h is a multiple of k).
       mask: [b, t, s] bool, True where query t may attend to key s.
       scale: logit scale, usually 1/sqrt(e).
+      impl: "einsum" (plain JAX, fp32 softmax) or "dot_product" (jax.nn.dot_product_attention:
+        cuDNN flash attention on GPU).
     Returns:
       [b, t, h, e].
     """
+    if impl == "dot_product":
+        return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=scale)
     b, t, h, e = q.shape
     kv = k.shape[2]
     qg = q.reshape(b, t, kv, h // kv, e)
@@ -192,7 +194,7 @@ class Attention(nnx.Module):
             cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), offset, axis=1)
             k, v = cache_k.astype(dtype), cache_v.astype(dtype)
             kv_cache = (cache_k, cache_v)
-        out = attention(q, k, v, mask, 1.0 / math.sqrt(self.cfg.dim_per_head))
+        out = attention(q, k, v, mask, 1.0 / math.sqrt(self.cfg.dim_per_head), self.cfg.attention_impl)
         return self.o_proj("bthe,hed->btd", out), kv_cache
 
 
