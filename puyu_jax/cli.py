@@ -106,8 +106,11 @@ def _cmd_train(args) -> int:
     maybe_initialize_distributed()
     cfg = load_config(TrainConfig, args.config, args.overrides)
     summary = train(cfg, resume=args.resume)
-    print(f"finished at step {summary.get('step', summary['start_step'])}: loss {summary.get('loss', float('nan')):.4f}; "
-          f"outputs in {cfg.out_dir}")
+    import jax
+
+    if jax.process_index() == 0:
+        print(f"finished at step {summary.get('step', summary['start_step'])}: "
+              f"loss {summary.get('loss', float('nan')):.4f}; outputs in {cfg.out_dir}")
     return 0
 
 

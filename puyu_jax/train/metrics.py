@@ -58,15 +58,19 @@ class MetricsWriter:
     """Appends one JSON line per logged step and mirrors scalars to tensorboard."""
 
     def __init__(self, out_dir: Path, tensorboard: bool = True):
+        self._jsonl = self._tb = None
+        if jax.process_index() != 0:  # one writer per run
+            return
         out_dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(out_dir / "metrics.jsonl", "a")
-        self._tb = None
-        if tensorboard and jax.process_index() == 0:
+        if tensorboard:
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(str(out_dir / "tensorboard"))
 
     def write(self, step: int, metrics: dict) -> None:
+        if self._jsonl is None:
+            return
         self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
         self._jsonl.flush()
         if self._tb is not None:
@@ -75,6 +79,7 @@ class MetricsWriter:
                     self._tb.add_scalar(f"train/{k}", v, step)
 
     def close(self) -> None:
-        self._jsonl.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
