@@ -9,11 +9,16 @@ export XLA_PYTHON_CLIENT_PREALLOCATE := false
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install system-deps demo test test-fast bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Debian tools used by the agent's tools (text-to-speech, OCR).
+system-deps:
+	@command -v espeak-ng >/dev/null && command -v tesseract >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq espeak-ng tesseract-ocr >/dev/null)
+
+$(STAMP): pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[data,test]'
@@ -28,6 +33,10 @@ demo: install
 	@echo "== generate: a chat question, greedy, streamed"
 	$(PUYU) generate $(DEMO)/smollm2 -p "What is the capital of France?" -n 32 --out $(DEMO)/generate | tee $(DEMO)/answer.txt
 	@grep -q Paris $(DEMO)/answer.txt && echo "demo OK: the answer names Paris"
+	@echo "== train: a tiny model from scratch on tinyshakespeare (loss falls within minutes)"
+	$(PUYU) train configs/pretrain/tiny-shakespeare.yaml out_dir=$(DEMO)/train
+	@echo "== agent: SmolLM2 as a ReAct agent with the Python sandbox and the calculator (whatever a 135M model manages)"
+	$(PUYU) agent "What is 37 * 91 + 5? Use the python tool." --config configs/agent/smollm2-react.yaml --llm $(DEMO)/smollm2 --out $(DEMO)/agent
 
 test: install
 	$(VENV)/bin/pytest -q -n 2 --durations=15 tests
@@ -37,6 +46,7 @@ test-fast: install
 
 bench: install
 	$(PY) tools/bench/forward.py
+	$(PY) tools/bench/train.py
 
 clean:
 	rm -rf $(DEMO) runs .pytest_cache

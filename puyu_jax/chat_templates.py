@@ -43,7 +43,7 @@ _INTERNLM2 = (
     "{% set ns.tools_done = true %}"
     "{% endif %}"
     "{% if message['role'] == 'tool' or message['role'] == 'environment' %}"
-    "{{ '<|im_start|>environment name=<|plugin|>\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{{ '<|im_start|>environment name=<|' + (message['name'] if message.get('name') in ('plugin', 'interpreter') else 'plugin') + '|>\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{% elif message['role'] == 'assistant' and message['tool_calls'] is defined and message['tool_calls'] %}"
     "{{ '<|im_start|>assistant\\n' + (message['content'] or '') }}"
     "{% for call in message['tool_calls'] %}"

@@ -6,6 +6,8 @@
     puyu train CONFIG                 pretrain with meshes, ZeRO presets, checkpoints and resume
     puyu configs list|copy            find shipped configs
     puyu sweep FILE                   run every point of a config sweep
+    puyu agent "QUESTION" --tools ... a ReAct / InternLM2 / OpenAI-tools agent over any LLM
+    puyu tools serve|list             serve typed tools over HTTP
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ Examples:
   puyu generate out/smollm2 -p "What is the capital of France?"
   puyu generate smollm2 -p "Write a haiku" -t 0.7 --top-p 0.9 -n 64
   puyu sweep configs/sweeps/generate-sampling.yaml
+  puyu train configs/pretrain/tiny-shakespeare.yaml
+  puyu agent "What is 2**100?" --tools python,calculator --llm smollm2
+  puyu tools serve --tools python,calculator --port 8765
 """
 
 
@@ -243,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("file", help="sweep YAML (see configs/sweeps/)")
     sw.add_argument("--dry-run", action="store_true", help="list the points without running them")
     sw.set_defaults(fn=_cmd_sweep)
+
+    from puyu_jax.agent.cli import add_parser as add_agent_parser
+
+    add_agent_parser(sub)
     return p
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from puyu_jax.agent import AgentConfig
 from puyu_jax.config import load_config
 from puyu_jax.generate import GenerateConfig
 from puyu_jax.models import ModelConfig
@@ -11,7 +12,7 @@ from puyu_jax.sweep import expand_sweep
 from puyu_jax.train.config import TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-KINDS = {"models": ModelConfig, "generate": GenerateConfig, "pretrain": TrainConfig}
+KINDS = {"models": ModelConfig, "generate": GenerateConfig, "pretrain": TrainConfig, "agent": AgentConfig}
 
 
 def test_every_config_directory_has_a_schema():

@@ -1,0 +1,292 @@
+"""Agent protocols: how tools are shown to the model, how its output is read, how results go back.
+
+  * `ReAct`: the text format of Yao et al. (2023) as used by Lagent and LangChain:
+    `Thought:` / `Action:` / `Action Input:` / `Observation:` ... `Final Answer:`.
+  * `InternLM2`: InternLM2-Chat's tool markup (InternLM's `chat_format.md`): tools listed in a
+    `system name=<|plugin|>` turn, the code interpreter announced in a `system name=<|interpreter|>`
+    turn; the model calls with `<|action_start|><|plugin|>\\n{"name": ..., "parameters": ...}<|action_end|>`
+    or `<|action_start|><|interpreter|>\\n```python ...```<|action_end|>`; results come back in the
+    `environment` role (`name` plugin or interpreter). A reply without an action is the answer.
+  * `OpenAITools`: OpenAI function calling: tools as JSON schemas in the request, calls as
+    structured `tool_calls`, results as `tool` messages.
+
+A protocol is stateless: `parse` reads one reply, the `*_message(s)` methods build what goes
+back into the conversation. Malformed output gives `Malformed` with a message for the model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from puyu_jax.agent.tool import Tool
+from puyu_jax.agent.types import Act, Final, LLMReply, Malformed, Parsed, ToolCall
+
+__all__ = ["Protocol", "ReAct", "InternLM2", "OpenAITools", "PROTOCOLS", "get_protocol", "truncate_at"]
+
+
+def truncate_at(text: str, stops: Sequence[str]) -> str:
+    """`text` up to the first occurrence of any stop string."""
+    cut = len(text)
+    for s in stops:
+        i = text.find(s)
+        if s and i != -1:
+            cut = min(cut, i)
+    return text[:cut]
+
+
+def _describe(t: Tool) -> str:
+    return json.dumps({"name": t.spec.name, "description": t.spec.description,
+                       "parameters": t.spec.json_schema()}, ensure_ascii=False)
+
+
+def _strip_fence(s: str) -> str:
+    s = s.strip()
+    m = re.fullmatch(r"```[\w+-]*\n(.*?)\n?```", s, re.S)
+    return m.group(1) if m else s
+
+
+def _parse_json_args(raw: str) -> dict | str:
+    """A JSON object if `raw` is one (fences allowed), else the raw text (a one-text-argument call)."""
+    body = _strip_fence(raw)
+    if body.startswith("{"):
+        try:
+            value = json.loads(body)
+        except json.JSONDecodeError:
+            return raw.strip()
+        if isinstance(value, dict):
+            return value
+    return raw.strip()
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Base: subclasses define the prompt, the parser and the messages that carry results back."""
+
+    name: str = ""
+    stop: tuple[str, ...] = ()  # strings that end the model's turn (text protocols)
+
+    def system_messages(self, tools: Sequence[Tool], system: str | None = None) -> list[dict]:
+        raise TypeError(f"{type(self).__name__} must define system_messages()")
+
+    def llm_tools(self, tools: Sequence[Tool]) -> list[dict] | None:
+        """Tool schemas sent with the request (function-calling protocols only)."""
+        return None
+
+    def parse(self, reply: LLMReply) -> Parsed:
+        raise TypeError(f"{type(self).__name__} must define parse()")
+
+    def assistant_message(self, reply: LLMReply, parsed: Parsed) -> dict:
+        return {"role": "assistant", "content": reply.text}
+
+    def observation_messages(self, results: Sequence[tuple[ToolCall, str]]) -> list[dict]:
+        raise TypeError(f"{type(self).__name__} must define observation_messages()")
+
+    def error_messages(self, error: str) -> list[dict]:
+        """What the model sees after a malformed reply."""
+        return [{"role": "user", "content": error}]
+
+
+# ----------------------------------------------------------------------------- ReAct
+
+REACT_PROMPT = """Answer the question as well as you can. You can use these tools:
+
+{tools}
+
+Use exactly this format:
+
+Thought: think about what to do next
+Action: the tool to use, one of [{names}]
+Action Input: the tool's arguments as a JSON object (a tool with one text parameter also takes the text itself)
+Observation: the tool's result (written for you, do not write it yourself)
+... (Thought / Action / Action Input / Observation may repeat)
+Thought: I now know the final answer
+Final Answer: the final answer to the question"""
+
+_REACT_ACTION = re.compile(r"^[ \t]*Action[ \t]*:[ \t]*(.*?)[ \t]*$", re.M)
+_REACT_INPUT = re.compile(r"^[ \t]*Action[ \t]*Input[ \t]*:[ \t]*", re.M)
+_REACT_FINAL = re.compile(r"^[ \t]*Final[ \t]*Answer[ \t]*:[ \t]*", re.M)
+_REACT_THOUGHT = re.compile(r"^[ \t]*Thought[ \t]*:[ \t]*", re.M)
+
+
+@dataclass(frozen=True)
+class ReAct(Protocol):
+    name: str = "react"
+    stop: tuple[str, ...] = ("\nObservation:", "Observation:")
+    prompt: str = REACT_PROMPT
+
+    def system_messages(self, tools, system=None):
+        text = self.prompt.format(tools="\n".join(_describe(t) for t in tools),
+                                  names=", ".join(t.spec.name for t in tools))
+        return [{"role": "system", "content": (system + "\n\n" if system else "") + text}]
+
+    def parse(self, reply):
+        text = truncate_at(reply.text, self.stop)
+        action = _REACT_ACTION.search(text)
+        final = _REACT_FINAL.search(text)
+        first = min((m for m in (action, final) if m is not None), key=lambda m: m.start(), default=None)
+        thought = text[:first.start()] if first is not None else text
+        thought = _REACT_THOUGHT.sub("", thought, count=1).strip()
+        if first is None:
+            return Malformed(thought, "Your reply had neither `Action:` with `Action Input:` nor `Final Answer:`. "
+                                      "Call a tool with `Action:` and `Action Input:`, or finish with "
+                                      "`Final Answer: <answer>`.")
+        if first is final:
+            return Final(thought, text[final.end():].strip())
+        name = action.group(1).strip().strip("`'\"[]")
+        rest = text[action.end():]
+        given = _REACT_INPUT.search(rest)
+        if not name:
+            return Malformed(thought, "`Action:` must name a tool.")
+        if given is None:
+            return Malformed(thought, f"`Action: {name}` must be followed by `Action Input:` with its arguments.")
+        raw = rest[given.end():]
+        after_final = _REACT_FINAL.search(raw)  # a model may run on past its call; the call ends there
+        if after_final is not None:
+            raw = raw[:after_final.start()]
+        return Act(thought, (ToolCall(name, _parse_json_args(raw)),))
+
+    def assistant_message(self, reply, parsed):
+        return {"role": "assistant", "content": truncate_at(reply.text, self.stop).rstrip()}
+
+    def observation_messages(self, results):
+        return [{"role": "user", "content": "\n".join(f"Observation: {text}" for _, text in results)}]
+
+    def error_messages(self, error):
+        return [{"role": "user", "content": f"Observation: Error: {error}"}]
+
+
+# ----------------------------------------------------------------------------- InternLM2
+
+INTERNLM2_META = ("You are InternLM2-Chat, a harmless AI assistant. You can use tools; when you have enough "
+                  "information, answer directly, without calling a tool.")
+INTERNLM2_INTERPRETER = (
+    "You now have access to a Jupyter notebook environment supporting Python code execution. Just send code "
+    "to python to run in this stateful environment. This feature is suitable for:\n"
+    "- Data analysis or processing (such as data manipulation and graphic creation)\n"
+    "- Complex calculations (such as math and physics problems)\n"
+    "- Programming examples (for understanding programming concepts or language features)\n"
+    "- Text processing and analysis (including text analysis and natural language processing)\n"
+    "- Machine learning and data science (model training and data visualization)\n"
+    "- File operations and data import (handling CSV, JSON, and other format files)"
+)
+ACTION_START, ACTION_END, PLUGIN, INTERPRETER = "<|action_start|>", "<|action_end|>", "<|plugin|>", "<|interpreter|>"
+
+
+@dataclass(frozen=True)
+class InternLM2(Protocol):
+    """InternLM2 tool markup. The tool named `interpreter_tool` is offered as the code interpreter."""
+
+    name: str = "internlm2"
+    stop: tuple[str, ...] = (ACTION_END, "<|im_end|>")
+    meta: str = INTERNLM2_META
+    interpreter_tool: str = "python"
+
+    def system_messages(self, tools, system=None):
+        msgs = [{"role": "system", "content": system or self.meta}]
+        plugins = [t.spec.to_dict() for t in tools if t.spec.name != self.interpreter_tool]
+        for p in plugins:
+            p.pop("returns")
+        if plugins:
+            msgs.append({"role": "system", "name": "plugin", "content": json.dumps(plugins, ensure_ascii=False)})
+        if any(t.spec.name == self.interpreter_tool for t in tools):
+            msgs.append({"role": "system", "name": "interpreter", "content": INTERNLM2_INTERPRETER})
+        return msgs
+
+    def parse(self, reply):
+        text = truncate_at(reply.text, ("<|im_end|>",))
+        start = text.find(ACTION_START)
+        if start == -1:
+            return Final("", text.strip())
+        thought = text[:start].strip()
+        body = text[start + len(ACTION_START):]
+        end = body.find(ACTION_END)
+        body = body if end == -1 else body[:end]
+        if body.startswith(INTERPRETER):
+            code = _strip_fence(body[len(INTERPRETER):])
+            if not code.strip():
+                return Malformed(thought, "The interpreter call has no code.")
+            return Act(thought, (ToolCall(self.interpreter_tool, {"code": code}),))
+        if not body.startswith(PLUGIN):
+            return Malformed(thought, f"`{ACTION_START}` must be followed by `{PLUGIN}` or `{INTERPRETER}`.")
+        raw = body[len(PLUGIN):].strip()
+        try:
+            call = json.loads(_strip_fence(raw))
+        except json.JSONDecodeError as e:
+            return Malformed(thought, f"The plugin call is not valid JSON ({e.msg} at position {e.pos}); write "
+                                      '{"name": <tool name>, "parameters": {...}}.')
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            return Malformed(thought, 'The plugin call must be a JSON object {"name": <tool name>, "parameters": {...}}.')
+        args = call.get("parameters", call.get("arguments", {}))
+        return Act(thought, (ToolCall(call["name"], args),))
+
+    def assistant_message(self, reply, parsed):
+        text = truncate_at(reply.text, ("<|im_end|>",)).rstrip()
+        if isinstance(parsed, Act) and ACTION_START in text and not text.endswith(ACTION_END):
+            text += ACTION_END  # the stop string cut it off; the conversation keeps well-formed markup
+        return {"role": "assistant", "content": text}
+
+    def observation_messages(self, results):
+        return [{"role": "environment", "name": "interpreter" if call.name == self.interpreter_tool else "plugin",
+                 "content": text} for call, text in results]
+
+    def error_messages(self, error):
+        return [{"role": "environment", "name": "plugin", "content": f"Error: {error}"}]
+
+
+# ----------------------------------------------------------------------------- OpenAI tools
+
+
+@dataclass(frozen=True)
+class OpenAITools(Protocol):
+    name: str = "openai"
+    stop: tuple[str, ...] = ()
+
+    def system_messages(self, tools, system=None):
+        return [{"role": "system", "content": system}] if system else []
+
+    def llm_tools(self, tools):
+        return [t.spec.openai() for t in tools]
+
+    def parse(self, reply):
+        if not reply.tool_calls:
+            return Final("", reply.text.strip())
+        calls = []
+        for c in reply.tool_calls:
+            if isinstance(c.arguments, str):
+                try:
+                    args = json.loads(c.arguments) if c.arguments.strip() else {}
+                except json.JSONDecodeError as e:
+                    calls.append(ToolCall(c.name, c.arguments, c.id, f"the arguments are not valid JSON: {e.msg}"))
+                    continue
+                c = ToolCall(c.name, args, c.id, c.error)
+            calls.append(c)
+        return Act(reply.text.strip(), tuple(calls))
+
+    def assistant_message(self, reply, parsed):
+        msg: dict = {"role": "assistant", "content": reply.text or None}
+        if reply.tool_calls:
+            msg["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {
+                    "name": c.name,
+                    "arguments": c.arguments if isinstance(c.arguments, str) else json.dumps(c.arguments)}}
+                for c in reply.tool_calls
+            ]
+        return msg
+
+    def observation_messages(self, results):
+        return [{"role": "tool", "tool_call_id": call.id, "content": text} for call, text in results]
+
+
+PROTOCOLS: dict[str, type[Protocol]] = {"react": ReAct, "internlm2": InternLM2, "openai": OpenAITools}
+
+
+def get_protocol(protocol: str | Protocol) -> Protocol:
+    """A protocol instance from a name in PROTOCOLS (or the instance itself)."""
+    if isinstance(protocol, Protocol):
+        return protocol
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[protocol]()
