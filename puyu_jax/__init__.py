@@ -1,35 +1,49 @@
 """puyu-jax: the InternLM open-source LLM chain on JAX/Flax.
 
-The public API is re-exported here; internals may move between modules.
+The public API is re-exported here, imported on first use (so that light processes,
+such as data workers, do not pay for importing JAX); internals may move between modules.
 """
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from puyu_jax.chat_templates import apply_chat_template, render_chat
-from puyu_jax.config import ConfigError, config_hash, load_config, save_run_config
-from puyu_jax.generate import GenerateConfig, Generator, SamplingConfig
-from puyu_jax.models import KVCache, ModelConfig, RopeConfig, Transformer, init_cache, init_model
-from puyu_jax.pretrained import Pretrained, load_pretrained
-from puyu_jax.tokenizer import Tokenizer, load_tokenizer
+_EXPORTS = {
+    "apply_chat_template": "puyu_jax.chat_templates",
+    "render_chat": "puyu_jax.chat_templates",
+    "ConfigError": "puyu_jax.config",
+    "config_hash": "puyu_jax.config",
+    "load_config": "puyu_jax.config",
+    "save_run_config": "puyu_jax.config",
+    "GenerateConfig": "puyu_jax.generate",
+    "Generator": "puyu_jax.generate",
+    "SamplingConfig": "puyu_jax.generate",
+    "KVCache": "puyu_jax.models",
+    "ModelConfig": "puyu_jax.models",
+    "RopeConfig": "puyu_jax.models",
+    "Transformer": "puyu_jax.models",
+    "init_cache": "puyu_jax.models",
+    "init_model": "puyu_jax.models",
+    "Pretrained": "puyu_jax.pretrained",
+    "load_pretrained": "puyu_jax.pretrained",
+    "Tokenizer": "puyu_jax.tokenizer",
+    "load_tokenizer": "puyu_jax.tokenizer",
+    "TrainConfig": "puyu_jax.train.config",
+    "train": "puyu_jax.train.loop",
+}
 
-__all__ = [
-    "ConfigError",
-    "GenerateConfig",
-    "Generator",
-    "KVCache",
-    "ModelConfig",
-    "Pretrained",
-    "RopeConfig",
-    "SamplingConfig",
-    "Tokenizer",
-    "Transformer",
-    "apply_chat_template",
-    "config_hash",
-    "init_cache",
-    "init_model",
-    "load_config",
-    "load_pretrained",
-    "load_tokenizer",
-    "render_chat",
-    "save_run_config",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'puyu_jax' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -3,6 +3,7 @@
     puyu model info SOURCE            parameter counts and shapes of a model
     puyu convert SRC DST --to puyu    HF dir / GGUF / puyu checkpoint -> orbax or HF
     puyu generate MODEL -p PROMPT     chat or raw generation with the KV cache, streamed
+    puyu data process|tokenize CONFIG clean, filter, dedup a corpus; tokenize and pack it
     puyu train CONFIG                 pretrain with meshes, ZeRO presets, checkpoints and resume
     puyu configs list|copy            find shipped configs
     puyu sweep FILE                   run every point of a config sweep
@@ -250,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.set_defaults(fn=_cmd_sweep)
 
     from puyu_jax.agent.cli import add_parser as add_agent_parser
+    from puyu_jax.data.cli import add_parser as add_data_parser
 
+    add_data_parser(sub)
     add_agent_parser(sub)
     return p
 
