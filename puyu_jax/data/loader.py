@@ -45,9 +45,30 @@ def make_loader(
         prefetch: batches buffered ahead (per worker with workers).
         read_threads: threads reading records in each process.
     """
+    return batched_loader(
+        grain.MapDataset.source(PackedSource(path)), batch_size=batch_size, seed=seed, shuffle=shuffle,
+        num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count, worker_count=worker_count,
+        prefetch=prefetch, read_threads=read_threads,
+    )
+
+
+def batched_loader(
+    ds: grain.MapDataset,
+    *,
+    batch_size: int,
+    seed: int,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    worker_count: int = 0,
+    prefetch: int = 4,
+    read_threads: int = 4,
+) -> grain.DatasetIterator:
+    """The shuffle / repeat / per-host shard / batch pipeline of `make_loader` over any
+    MapDataset of example dicts (arguments as in `make_loader`)."""
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index={shard_index} must be in [0, shard_count={shard_count})")
-    ds = grain.MapDataset.source(PackedSource(path))
     if shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs)

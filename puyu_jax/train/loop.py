@@ -13,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from puyu_jax.config import config_hash, save_run_config
+from puyu_jax.data.loader import loader_state, restore_loader
 from puyu_jax.train.config import TrainConfig
 from puyu_jax.train.metrics import MetricsWriter, device_peak_flops
 from puyu_jax.train.step import Trainer, model_flops_per_token
@@ -80,7 +81,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, console=None, devices=None)
             meta=ocp.args.JsonRestore(),
         ))
         state = restored.state
-        it.set_state(restored.data)
+        restore_loader(it, restored.data)
         if restored.meta.get("config_hash") != chash:
             _say(console, f"note: resuming a checkpoint written with config {restored.meta.get('config_hash')}, now {chash}")
         _say(console, f"resumed from step {start}")
@@ -97,7 +98,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, console=None, devices=None)
     def save(step: int) -> None:
         mngr.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            data=ocp.args.JsonSave(it.get_state()),
+            data=ocp.args.JsonSave(loader_state(it)),
             meta=ocp.args.JsonSave({"step": step, "config_hash": chash}),
         ), force=True)
 

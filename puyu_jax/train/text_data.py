@@ -61,14 +61,13 @@ def text_windows(cfg: DataConfig, run_dir: Path) -> tuple[np.ndarray, object]:
 
 
 def text_loader(windows: np.ndarray, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1):
-    """Seeded global shuffle, repeated epochs, per-host shard, batching. Checkpointable iterator."""
+    """The packed-data loader's pipeline (seeded global shuffle, repeat, per-host shard,
+    batch; checkpointable) over the windows, each one document."""
+    from puyu_jax.data.loader import batched_loader
+
     seq_len = windows.shape[1]
     positions = np.arange(seq_len, dtype=np.int32)
     ones = np.ones(seq_len, np.int32)
-
-    def to_example(w):
-        return {"tokens": w, "segment_ids": ones, "positions": positions}
-
-    ds = grain.MapDataset.source(windows).shuffle(seed=seed).repeat(None)
-    ds = ds[shard_index::shard_count].map(to_example).batch(batch_size // shard_count, drop_remainder=True)
-    return iter(ds.to_iter_dataset())
+    ds = grain.MapDataset.source(windows).map(lambda w: {"tokens": w, "segment_ids": ones, "positions": positions})
+    return batched_loader(ds, batch_size=batch_size // shard_count, seed=seed,
+                          shard_index=shard_index, shard_count=shard_count)
