@@ -46,3 +46,15 @@ def test_convert_then_generate_streams_an_answer(tmp_path, capsys):
     record = json.loads((out_dir / "outputs.jsonl").read_text().splitlines()[0])
     assert "Paris" in record["text"]
     assert (out_dir / "config.yaml").exists() and len((out_dir / "config.hash").read_text().strip()) == 12
+
+
+def test_configs_list_and_copy(tmp_path, capsys):
+    assert main(["configs", "list", "pretrain"]) == 0
+    out = capsys.readouterr().out
+    assert "pretrain/tiny-shakespeare" in out and "models/" not in out
+    assert main(["configs", "copy", "tiny-shakespeare", str(tmp_path)]) == 0
+    from puyu_jax.config import load_config
+    from puyu_jax.train.config import TrainConfig
+
+    assert load_config(TrainConfig, tmp_path / "tiny-shakespeare.yaml").steps > 0
+    assert main(["configs", "copy", "no-such-config", str(tmp_path)]) == 2

@@ -99,11 +99,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, console=None, devices=None)
         mngr.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=ocp.args.JsonSave(loader_state(it)),
-            meta=ocp.args.JsonSave({"step": step, "config_hash": chash}),
+            meta=ocp.args.JsonSave({"step": step, "config_hash": chash, "seed": cfg.seed, "data_seed": cfg.data.seed}),
         ), force=True)
 
     summary: dict = {"start_step": start, "peak_flops_per_device": peak, "peak_source": peak_src}
-    t_last = time.perf_counter()
+    t_last = t_begin = time.perf_counter()
     try:
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()
@@ -127,8 +127,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, console=None, devices=None)
             row = {k: v for k, v in row.items() if v is not None}
             writer.write(step + 1, row)
             if (step + 1) % cfg.log_every == 0 or step == start or step + 1 == cfg.steps:
+                done_here = step + 1 - start
+                eta = (now - t_begin) / done_here * (cfg.steps - step - 1)
                 _say(console, f"step {step + 1}/{cfg.steps}  loss {row['loss']:.4f}  gnorm {row['grad_norm']:.3f}  "
-                              f"lr {row['lr']:.2e}  {row['tokens_per_s']:,.0f} tok/s  MFU {row['mfu']:.1%}")
+                              f"lr {row['lr']:.2e}  {row['tokens_per_s']:,.0f} tok/s  MFU {row['mfu']:.1%}  "
+                              f"ETA {eta:,.0f}s")
             summary.update(step=step + 1, loss=row["loss"])
             done = step + 1 == cfg.steps
             if stop["flag"] or done or (cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0):

@@ -93,3 +93,11 @@ def test_flops_per_token_counts_matmuls_and_causal_attention():
     cfg = _cfg().model
     n_matmul = 2 * (64 * 4 * 16 + 2 * 64 * 2 * 16 + 4 * 16 * 64 + 3 * 64 * 176) + 64 * 512
     assert model_flops_per_token(cfg, 24) == 6 * n_matmul + 6 * 2 * 4 * 16 * 24 + 6 * (5 * 64)  # + norm scales
+
+
+def test_bf16_compute_keeps_fp32_master_weights_and_optimizer_state():
+    state, m = _steps(_cfg(**{"model.dtype": "bfloat16"}), n=3)
+    assert all(v.dtype == np.float32 for v in state["params"].values())
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(state["opt_state"]) if x.ndim)
+    _, ref = _steps(_cfg(), n=3)
+    np.testing.assert_allclose([x["loss"] for x in m], [x["loss"] for x in ref], rtol=2e-2)
