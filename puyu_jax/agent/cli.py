@@ -173,21 +173,3 @@ def add_parser(subparsers) -> None:
     ls.add_argument("--api-key", help="API key of that server")
     ls.add_argument("--json", action="store_true", help="print the JSON schemas")
     ls.set_defaults(fn=_cmd_tools_list)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (until the commands are wired into `puyu`): `python -m puyu_jax.agent.cli ...`."""
-    parser = argparse.ArgumentParser(prog="puyu")
-    add_parser(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    args = parser.parse_args(argv)
-    from puyu_jax.config import ConfigError
-
-    try:
-        return args.fn(args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"puyu: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,7 +11,7 @@ import httpx
 from agent_helpers import QUESTION, SOLUTION_CODE, _free_port
 
 from puyu_jax.agent import RemoteTool
-from puyu_jax.agent.cli import main
+from puyu_jax.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,7 +47,7 @@ def test_tools_list_json(capsys):
 def test_tools_serve_subprocess():
     port = _free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.Popen([sys.executable, "-m", "puyu_jax.agent.cli", "tools", "serve", "--tools", "calculator",
+    proc = subprocess.Popen([sys.executable, "-m", "puyu_jax.cli", "tools", "serve", "--tools", "calculator",
                              "--port", str(port), "--api-key", "k"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
