@@ -35,6 +35,10 @@ demo: install
 	@grep -q Paris $(DEMO)/answer.txt && echo "demo OK: the answer names Paris"
 	@echo "== train: a tiny model from scratch on tinyshakespeare (loss falls within minutes)"
 	$(PUYU) train configs/pretrain/tiny-shakespeare.yaml out_dir=$(DEMO)/train
+	@echo "== finetune: LoRA on SmolLM2 with the identity data, merged and exported to HF"
+	$(PUYU) finetune train configs/finetune/smollm2-lora-identity.yaml out_dir=$(DEMO)/finetune
+	$(PUYU) finetune merge $(DEMO)/finetune $(DEMO)/finetune-merged --to hf
+	$(PUYU) generate $(DEMO)/finetune-merged -p "Who are you?" -n 24
 	@echo "== agent: SmolLM2 as a ReAct agent with the Python sandbox and the calculator (whatever a 135M model manages)"
 	$(PUYU) agent "What is 37 * 91 + 5? Use the python tool." --config configs/agent/smollm2-react.yaml --llm $(DEMO)/smollm2 --out $(DEMO)/agent
 

@@ -31,6 +31,8 @@ _EXPORTS = {
     "Tokenizer": "puyu_jax.tokenizer",
     "load_tokenizer": "puyu_jax.tokenizer",
     "TrainConfig": "puyu_jax.train.config",
+    "FinetuneConfig": "puyu_jax.finetune",
+    "finetune": "puyu_jax.finetune",
     "train": "puyu_jax.train.loop",
 }
 

@@ -7,6 +7,7 @@
     puyu train CONFIG                 pretrain with meshes, ZeRO presets, checkpoints and resume
     puyu configs list|copy            find shipped configs
     puyu sweep FILE                   run every point of a config sweep
+    puyu finetune train|merge|...     SFT: full, LoRA, QLoRA; merge; HF and PEFT export
     puyu eval CONFIG                  OpenCompass-style evaluation: models x datasets, PPL / gen
     puyu agent "QUESTION" --tools ... a ReAct / InternLM2 / OpenAI-tools agent over any LLM
     puyu tools serve|list             serve typed tools over HTTP
@@ -30,6 +31,7 @@ Examples:
   puyu generate smollm2 -p "Write a haiku" -t 0.7 --top-p 0.9 -n 64
   puyu sweep configs/sweeps/generate-sampling.yaml
   puyu train configs/pretrain/tiny-shakespeare.yaml
+  puyu finetune train configs/finetune/smollm2-lora-identity.yaml
   puyu eval configs/eval/smollm2-subsets.yaml
   puyu agent "What is 2**100?" --tools python,calculator --llm smollm2
   puyu tools serve --tools python,calculator --port 8765
@@ -255,8 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     from puyu_jax.agent.cli import add_parser as add_agent_parser
     from puyu_jax.data.cli import add_parser as add_data_parser
     from puyu_jax.eval.cli import add_parser as add_eval_parser
+    from puyu_jax.finetune.cli import add_parser as add_finetune_parser
 
     add_data_parser(sub)
+    add_finetune_parser(sub)
     add_eval_parser(sub)
     add_agent_parser(sub)
     return p

@@ -7,6 +7,7 @@ import pytest
 from puyu_jax.agent import AgentConfig
 from puyu_jax.config import load_config
 from puyu_jax.data.config import ProcessConfig, TokenizeConfig
+from puyu_jax.finetune import FinetuneConfig
 from puyu_jax.generate import GenerateConfig
 from puyu_jax.models import ModelConfig
 from puyu_jax.sweep import expand_sweep
@@ -14,7 +15,7 @@ from puyu_jax.train.config import TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DATA_KINDS = {"process": ProcessConfig, "tokenize": TokenizeConfig}
-KINDS = {"models": ModelConfig, "generate": GenerateConfig, "pretrain": TrainConfig, "agent": AgentConfig}
+KINDS = {"models": ModelConfig, "generate": GenerateConfig, "pretrain": TrainConfig, "agent": AgentConfig, "finetune": FinetuneConfig}
 
 
 def test_every_config_directory_has_a_schema():

@@ -16,7 +16,7 @@ from puyu_jax.config import config_hash, save_run_config
 from puyu_jax.data.loader import loader_state, restore_loader
 from puyu_jax.train.config import TrainConfig
 from puyu_jax.train.metrics import MetricsWriter, device_peak_flops
-from puyu_jax.train.step import Trainer, model_flops_per_token
+from puyu_jax.train.step import Trainer, batch_keys, model_flops_per_token
 
 
 class NonFiniteLossError(RuntimeError):
@@ -53,24 +53,31 @@ def _global_batch(trainer: Trainer, host_batch: dict) -> dict:
         return trainer.shard_batch(host_batch)
     a = trainer.cfg.grad_accum
     out = {}
-    for k in ("tokens", "segment_ids", "positions"):
+    for k in batch_keys(host_batch):
         x = np.asarray(host_batch[k], np.int32)
         x = x.reshape(a, x.shape[0] // a, *x.shape[1:])
         out[k] = jax.make_array_from_process_local_data(trainer.batch_sharding, x)
     return out
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, console=None, devices=None) -> dict:
+def train(cfg: TrainConfig, *, resume: bool = False, console=None, devices=None,
+          data=None, adapter=None, init_params: dict | None = None, run_config=None) -> dict:
     """Runs (or resumes) a training run; returns the final summary.
 
     Writes into cfg.out_dir: config.yaml + config.hash, metrics.jsonl, tensorboard/,
     checkpoints/ (params, optimizer state, step, data-loader state, config hash).
+
+    Finetuning hooks (all optional): `data` a checkpointable iterator of host batches
+    (instead of cfg.data), `adapter` (see `Trainer.create`; checkpoints then hold only the
+    trainable parameters), `init_params` starting weights instead of a random init,
+    `run_config` the config saved (and hashed) in the run directory instead of `cfg`.
     """
     run_dir = Path(cfg.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    chash = save_run_config(cfg, run_dir) if jax.process_index() == 0 else config_hash(cfg)
-    it, _ = make_data(cfg, run_dir)
-    trainer = Trainer.create(cfg, devices)
+    saved = cfg if run_config is None else run_config
+    chash = save_run_config(saved, run_dir) if jax.process_index() == 0 else config_hash(saved)
+    it = data if data is not None else make_data(cfg, run_dir)[0]
+    trainer = Trainer.create(cfg, devices, adapter=adapter)
     mngr = _checkpoint_manager(cfg, run_dir)
     start = 0
     if resume and mngr.latest_step() is not None:
@@ -86,7 +93,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, console=None, devices=None)
             _say(console, f"note: resuming a checkpoint written with config {restored.meta.get('config_hash')}, now {chash}")
         _say(console, f"resumed from step {start}")
     else:
-        state = trainer.init_state()
+        state = trainer.init_state(params=init_params)
 
     stop = {"flag": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))

@@ -7,14 +7,20 @@ State is a plain dict pytree:
     skipped:   int32 [] — updates dropped by the NaN/Inf guard
 
 A batch is a dict of int32 arrays [grad_accum, micro_batch, seq_len]: tokens,
-segment_ids (0 = padding; documents never attend across a boundary), positions.
+segment_ids (0 = padding; documents never attend across a boundary), positions, and
+optionally loss_mask (1 where token t is a training target, e.g. assistant tokens in
+SFT; batches without it train on every next token of each document).
+
+With an `adapter` (LoRA / QLoRA, see `puyu_jax.finetune.lora`) `params` holds only the
+trainable parameters; the frozen base is a separate, non-donated input of the jit'd
+step, and the model is bound from `adapter.bind(graphdef, template, frozen, params, rng)`.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -79,22 +85,51 @@ def token_loss(model, batch: dict[str, jax.Array], z_loss: float, remat) -> tupl
     """Summed next-token cross-entropy over a micro-batch.
 
     The target of position i is token i+1 of the same document; padding and the first
-    token of each document are never targets. Returns (loss_sum, z_sum, n_targets).
+    token of each document are never targets, nor is token t where `batch["loss_mask"]`
+    (optional, [b, t]) is 0. Returns (loss_sum, z_sum, n_targets).
     """
     tokens, seg = batch["tokens"], batch["segment_ids"]
     logits, _ = model(tokens, positions=batch["positions"], segment_ids=seg, remat=remat)
     logits = logits[:, :-1]
     targets = tokens[:, 1:]
     valid = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)
+    if "loss_mask" in batch:
+        valid &= batch["loss_mask"][:, 1:] != 0
     lse = jax.nn.logsumexp(logits, axis=-1)
     nll = lse - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     w = valid.astype(jnp.float32)
     return jnp.sum(nll * w), jnp.sum(jnp.square(lse) * w), jnp.sum(w)
 
 
+class Adapter(Protocol):
+    """What the Trainer needs from a parameter-efficient finetuning method (e.g. LoRA).
+
+    `frozen` is the frozen base (a pytree of host or device arrays, possibly quantized);
+    the trainable parameters are a flat dict name -> array.
+    """
+
+    frozen: Any
+
+    def abstract_model(self, cfg: ModelConfig) -> nnx.Module: ...  # the graph `bind` fills
+
+    def trainable_shapes(self) -> dict[str, jax.ShapeDtypeStruct]: ...
+
+    def trainable_axes(self) -> dict[str, tuple[str | None, ...]]: ...
+
+    def frozen_shardings(self, mesh: jax.sharding.Mesh, rules) -> Any: ...  # pytree like `frozen`
+
+    def init(self, seed: int) -> dict[str, jax.Array]: ...  # trainable params (traceable)
+
+    def bind(self, graphdef, template: nnx.State, frozen: Any, trainable: dict, rng: jax.Array | None): ...
+
+
 @dataclass
 class Trainer:
-    """Holds what the pure step closes over: mesh, shardings, graphdef, optimizer."""
+    """Holds what the pure step closes over: mesh, shardings, graphdef, optimizer.
+
+    With an adapter, `state["params"]` holds only the trainable parameters (so do the
+    optimizer state and checkpoints) and `frozen` the sharded frozen base.
+    """
 
     cfg: TrainConfig
     mesh: jax.sharding.Mesh
@@ -105,17 +140,28 @@ class Trainer:
     grad_shardings: dict
     state_shardings: dict
     batch_sharding: jax.sharding.NamedSharding
+    adapter: Adapter | None = None
+    frozen_shardings: Any = None
+    frozen: Any = None  # the adapter's frozen base, placed in frozen_shardings
 
     @classmethod
-    def create(cls, cfg: TrainConfig, devices: list | None = None) -> "Trainer":
+    def create(cls, cfg: TrainConfig, devices: list | None = None, adapter: Adapter | None = None) -> "Trainer":
+        """A Trainer for `cfg`; with `adapter`, only the adapter's parameters are trained."""
         mesh = build_mesh(cfg.parallel, devices)
         param_rules, state_rules = preset_rules(cfg.parallel.preset)
-        axes, shapes = logical_axes(cfg.model), {k: v.shape for k, v in param_shapes(cfg.model).items()}
+        if adapter is None:
+            axes = logical_axes(cfg.model)
+            dtypes = {k: (v.shape, jnp.dtype(cfg.model.param_dtype)) for k, v in param_shapes(cfg.model).items()}
+            graphdef, template = nnx.split(abstract_model(cfg.model), nnx.Param)
+        else:
+            axes = adapter.trainable_axes()
+            dtypes = {k: (v.shape, v.dtype) for k, v in adapter.trainable_shapes().items()}
+            graphdef, template = nnx.split(adapter.abstract_model(cfg.model), nnx.Param)
+        shapes = {k: s for k, (s, _) in dtypes.items()}
         p_shard = tree_shardings(axes, shapes, param_rules, mesh)
         g_shard = tree_shardings(axes, shapes, state_rules, mesh)
         tx = make_optimizer(cfg.optimizer, cfg.steps)
-        graphdef, template = nnx.split(abstract_model(cfg.model), nnx.Param)
-        abstract_params = {k: jax.ShapeDtypeStruct(s, jnp.dtype(cfg.model.param_dtype)) for k, s in shapes.items()}
+        abstract_params = {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in dtypes.items()}
         abstract_opt = jax.eval_shape(tx.init, abstract_params)
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         opt_shard = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, g_shard,
@@ -123,25 +169,46 @@ class Trainer:
         state_shardings = {"params": p_shard, "opt_state": opt_shard, "step": replicated, "skipped": replicated}
         bsh = batch_sharding(mesh, param_rules, ndim=3)
         bsh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, *bsh.spec[:2]))
-        return cls(cfg, mesh, tx, graphdef, template, p_shard, g_shard, state_shardings, bsh)
+        trainer = cls(cfg, mesh, tx, graphdef, template, p_shard, g_shard, state_shardings, bsh)
+        if adapter is not None:
+            trainer.adapter = adapter
+            trainer.frozen_shardings = adapter.frozen_shardings(mesh, param_rules)
+            trainer.frozen = jax.device_put(adapter.frozen, trainer.frozen_shardings)
+        return trainer
 
     # -- state -------------------------------------------------------------------------------
 
-    def init_state(self, seed: int | None = None) -> dict:
-        """Fresh, sharded train state: each array is created directly in its sharding."""
+    def _abstract_params(self) -> dict[str, jax.ShapeDtypeStruct]:
+        if self.adapter is not None:
+            return self.adapter.trainable_shapes()
+        return {k: jax.ShapeDtypeStruct(v.shape, jnp.dtype(self.cfg.model.param_dtype))
+                for k, v in param_shapes(self.cfg.model).items()}
+
+    def init_state(self, seed: int | None = None, params: dict | None = None) -> dict:
+        """Fresh, sharded train state: each array is created directly in its sharding.
+
+        `params` (e.g. pretrained weights for full finetuning) replaces the random init.
+        """
         seed = self.cfg.seed if seed is None else seed
 
-        def init():
-            params = to_flat(init_model(self.cfg.model, seed))
+        want = self._abstract_params()
+
+        def fresh(params):
+            if params is None:
+                params = self.adapter.init(seed) if self.adapter is not None else to_flat(init_model(self.cfg.model, seed))
+            params = {k: v.astype(want[k].dtype) for k, v in params.items()}
             return {"params": params, "opt_state": self.tx.init(params),
                     "step": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
 
-        return jax.jit(init, out_shardings=self.state_shardings)()
+        if params is None:
+            return jax.jit(lambda: fresh(None), out_shardings=self.state_shardings)()
+        params = {k: jax.device_put(params[k], self.param_shardings[k]) for k in want}
+        return jax.jit(fresh, out_shardings=self.state_shardings)(params)
 
     def abstract_state(self) -> dict:
         """ShapeDtypeStructs (with shardings) of the state: the restore target for orbax."""
         def shapes():
-            params = {k: jnp.zeros(v.shape, v.dtype) for k, v in param_shapes(self.cfg.model).items()}
+            params = {k: jnp.zeros(v.shape, v.dtype) for k, v in self._abstract_params().items()}
             return {"params": params, "opt_state": self.tx.init(params),
                     "step": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
 
@@ -152,33 +219,51 @@ class Trainer:
 
     @functools.cached_property
     def step_fn(self):
-        """jit'd `(state, batch) -> (state, metrics)` with explicit in/out shardings, state donated."""
+        """jit'd `(state, batch) -> (state, metrics)` with explicit in/out shardings, state donated.
+
+        With an adapter the frozen base `self.frozen` is passed as a third, non-donated argument.
+        """
+        jitted = self.jit_step
+        if self.adapter is None:
+            return jitted
+        return lambda state, batch: jitted(state, batch, self.frozen)
+
+    @functools.cached_property
+    def jit_step(self):
+        """The jit'd step itself: `(state, batch)`, or `(state, batch, frozen)` with an adapter."""
         cfg = self.cfg
         remat = REMAT_POLICIES[cfg.remat]
         act_rules = activation_rules(cfg.parallel.preset)
         schedule = lr_schedule(cfg.optimizer, cfg.steps)
+        adapter = self.adapter
 
-        def micro(params, mb):
+        def micro(params, mb, frozen, rng):
             with activation_sharding(self.mesh, act_rules):
-                model = bind(self.graphdef, self.template, params)
+                if adapter is None:
+                    model = bind(self.graphdef, self.template, params)
+                else:
+                    model = adapter.bind(self.graphdef, self.template, frozen, params, rng)
                 loss_sum, z_sum, n = token_loss(model, mb, cfg.z_loss, remat)
             return loss_sum + cfg.z_loss * z_sum, (loss_sum, n)
 
         grad_fn = jax.grad(micro, has_aux=True)
 
-        def step(state, batch):
+        def step(state, batch, frozen=None):
             params = state["params"]
+            rng = jax.random.fold_in(jax.random.key(cfg.seed), state["step"])
 
-            def body(carry, mb):
+            def body(carry, xs):
+                mb, i = xs
                 g_acc, loss_acc, n_acc = carry
-                g, (loss_sum, n) = grad_fn(params, mb)
+                g, (loss_sum, n) = grad_fn(params, mb, frozen, jax.random.fold_in(rng, i))
                 g = jax.lax.with_sharding_constraint(g, self.grad_shardings)
                 g_acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
                 return (g_acc, loss_acc + loss_sum, n_acc + n), None
 
             zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
             zeros = jax.lax.with_sharding_constraint(zeros, self.grad_shardings)
-            (grads, loss_sum, n), _ = jax.lax.scan(body, (zeros, jnp.float32(0), jnp.float32(0)), batch)
+            micro_ids = jnp.arange(batch["tokens"].shape[0])
+            (grads, loss_sum, n), _ = jax.lax.scan(body, (zeros, jnp.float32(0), jnp.float32(0)), (batch, micro_ids))
             n = jnp.maximum(n, 1.0)
             grads = jax.tree.map(lambda g: g / n, grads)
             loss = loss_sum / n
@@ -198,17 +283,26 @@ class Trainer:
                        "tokens": n, "finite": finite}
             return new_state, metrics
 
-        return jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
+        in_shardings = (self.state_shardings, self.batch_sharding)
+        if adapter is not None:
+            in_shardings += (self.frozen_shardings,)
+        return jax.jit(step, in_shardings=in_shardings,
                        out_shardings=(self.state_shardings, None), donate_argnums=(0,))
 
     def shard_batch(self, batch: dict[str, Any]) -> dict[str, jax.Array]:
-        """[batch, seq] host arrays -> [grad_accum, micro, seq] global arrays on the mesh."""
+        """[batch, seq] host arrays -> [grad_accum, micro, seq] global arrays on the mesh
+        (tokens, segment_ids, positions and, when present, loss_mask)."""
         a = self.cfg.grad_accum
         out = {}
-        for k in ("tokens", "segment_ids", "positions"):
+        for k in batch_keys(batch):
             x = jnp.asarray(batch[k], jnp.int32)
             out[k] = jax.device_put(x.reshape(a, x.shape[0] // a, *x.shape[1:]), self.batch_sharding)
         return out
+
+
+def batch_keys(batch: dict) -> tuple[str, ...]:
+    """The batch fields the step reads: loss_mask is optional."""
+    return ("tokens", "segment_ids", "positions") + (("loss_mask",) if "loss_mask" in batch else ())
 
 
 def model_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
