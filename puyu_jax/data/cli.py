@@ -26,7 +26,7 @@ report.json, report.md, report.png, timing.json, config.yaml, config.hash.
 TOKENIZE_EPILOG = """\
 CONFIG is a TokenizeConfig YAML (see configs/data/tokenize.yaml). Example:
   puyu data tokenize configs/data/tokenize.yaml inputs=[runs/clean] seq_len=1024 out_dir=runs/packed
-Writes packed-XXXXX-of-XXXXX.array_record shards (records: int32 [3, seq_len] =
+Writes packed-NNNNN-of-NNNNN.array_record shards (records: int32 [3, seq_len] =
 tokens, segment_ids, positions) and index.json; load them with
 puyu_jax.data.make_loader(out_dir, ...) or tfds.data_source via puyu_jax.data.tfds_builder.
 """

@@ -151,7 +151,7 @@ class DedupConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    """Output shards: kept docs as `part-XXXXX.<format>`, dropped ones in `dropped.jsonl.zst`."""
+    """Output shards: kept docs as `part-NNNNN.<format>`, dropped ones in `dropped.jsonl.zst`."""
 
     dir: str = "runs/data"
     format: str = "jsonl.zst"

@@ -84,7 +84,7 @@ def iter_texts(cfg: TokenizeConfig) -> Iterator[str]:
 
 
 def write_packed(sequences: Iterable[np.ndarray], out_dir: str | Path, per_shard: int) -> list[dict]:
-    """Write [3, seq_len] int32 arrays to ``packed-XXXXX-of-XXXXX.array_record`` shards."""
+    """Write [3, seq_len] int32 arrays to ``packed-NNNNN-of-NNNNN.array_record`` shards."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
     out = Path(out_dir)

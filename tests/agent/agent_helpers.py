@@ -2,10 +2,7 @@
 chat-completions server that replays a fixed model transcript."""
 
 
-import contextlib
-import socket
-import threading
-import time
+from http_server import serving  # noqa: F401  (tests/http_server.py)
 
 # The origin documents' example, verbatim: the code the model writes for the python plugin.
 SOLUTION_CODE = '''from sympy import *
@@ -30,34 +27,6 @@ def solution():
 
 QUESTION = ("a_n is an arithmetic sequence with first term 1 and common difference 2; b_n is a geometric "
             "sequence with first term 1 and common ratio 2. What is a_1*b_1 + a_2*b_2 + ... + a_10*b_10?")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serving(app):
-    """Serves `app` on 127.0.0.1 in a background thread; yields its base URL."""
-    import uvicorn
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False,
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def replay_openai_app(transcript: list[dict], requests: list[dict]):

@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 import httpx
-from agent_helpers import QUESTION, SOLUTION_CODE, _free_port
+from agent_helpers import QUESTION, SOLUTION_CODE
+from http_server import _free_port
 
 from puyu_jax.agent import RemoteTool
 from puyu_jax.cli import main
