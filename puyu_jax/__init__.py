@@ -34,6 +34,11 @@ _EXPORTS = {
     "FinetuneConfig": "puyu_jax.finetune",
     "finetune": "puyu_jax.finetune",
     "train": "puyu_jax.train.loop",
+    "EngineConfig": "puyu_jax.serve.config",
+    "GenerationConfig": "puyu_jax.serve.config",
+    "LLMEngine": "puyu_jax.serve.engine",
+    "AsyncEngine": "puyu_jax.serve.async_engine",
+    "pipeline": "puyu_jax.serve.pipeline",
 }
 
 __all__ = sorted(_EXPORTS)

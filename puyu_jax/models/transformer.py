@@ -188,13 +188,18 @@ class Attention(nnx.Module):
         v = self.v_proj("btd,dke->btke", x)
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
+        scale = 1.0 / math.sqrt(self.cfg.dim_per_head)
+        if hasattr(kv_cache, "attend"):
+            # A cache that owns its attention (the serving engine's paged KV cache).
+            out, kv_cache = kv_cache.attend(q, k, v, scale)
+            return self.o_proj("bthe,hed->btd", out), kv_cache
         if kv_cache is not None:
             cache_k, cache_v, offset = kv_cache
             cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), offset, axis=1)
             cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), offset, axis=1)
             k, v = cache_k.astype(dtype), cache_v.astype(dtype)
             kv_cache = (cache_k, cache_v)
-        out = attention(q, k, v, mask, 1.0 / math.sqrt(self.cfg.dim_per_head), self.cfg.attention_impl)
+        out = attention(q, k, v, mask, scale, self.cfg.attention_impl)
         return self.o_proj("bthe,hed->btd", out), kv_cache
 
 
@@ -283,6 +288,8 @@ class Transformer(nnx.Module):
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
         b, t = tokens.shape
+        if cache is not None and not isinstance(cache, KVCache):
+            return self._external_cache_forward(tokens, cache, last_only)
         if cache is None:
             if positions is None:
                 positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
@@ -319,6 +326,38 @@ class Transformer(nnx.Module):
         if cache is not None:
             cache = cache.replace(k=new_k, v=new_v, length=cache.length + t)
         return logits, cache
+
+
+    def _external_cache_forward(self, tokens: Array, cache: Any, last_only: bool):
+        """Forward over a cache that owns attention (see `ExternalCache`)."""
+        cfg = self.cfg
+        dtype = jnp.dtype(cfg.dtype)
+        positions = cache.positions
+        inv_freq = rope_inv_freq(cfg.rope, cfg.dim_per_head, cfg.max_position_embeddings, jnp.max(positions) + 1)
+        x = constrain(jnp.take(self.embed.embedding[...], tokens, axis=0).astype(dtype), ("batch", "length", "embed"))
+        for i, layer in enumerate(self.layers):
+            x, view = layer(x, positions, inv_freq, None, cache.layer(i))
+            cache = view.cache
+            x = constrain(x, ("batch", "length", "embed"))
+        if last_only:
+            x = jnp.take_along_axis(x, cache.logits_index[:, None, None], axis=1)  # [b, 1, d]
+        x = self.final_norm(x)
+        if cfg.tie_word_embeddings:
+            logits = jnp.einsum("btd,vd->btv", x, self.embed.embedding[...].astype(dtype))
+        else:
+            logits = self.lm_head("btd,dv->btv", x)
+        return logits.astype(jnp.float32), cache
+
+
+class ExternalCache:
+    """What the model needs of a cache that owns its attention (duck-typed).
+
+    positions: [b, t] int32 absolute position of every new token.
+    logits_index: [b] int32, which of the t tokens gives each row's logits with last_only.
+    layer(i): a view whose `attend(q [b,t,h,e], k, v [b,t,k,e], scale) -> (out [b,t,h,e], view)`
+      stores the new keys/values and attends over the cached ones; `view.cache` is the
+      updated whole cache.
+    """
 
 
 def _train_mask(t: int, segment_ids: Array | None, window: int, b: int) -> Array:

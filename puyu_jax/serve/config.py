@@ -1,0 +1,115 @@
+"""Typed configs of the serving engine: per request (`GenerationConfig`) and per engine (`EngineConfig`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAX_TOP_LOGPROBS = 20
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How one request is decoded (greedy when temperature is 0).
+
+    Penalties follow their usual definitions: `repetition_penalty` (CTRL / transformers:
+    divide positive logits, multiply negative ones, of every token seen in prompt or output),
+    `presence_penalty` and `frequency_penalty` (OpenAI: subtract once per distinct output
+    token, and per occurrence). `min_p` drops tokens whose probability is below
+    min_p times the top token's. A `seed` makes a sampled request reproducible whatever
+    else is in the batch; with `n > 1` the i-th choice uses seed + i.
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_k: int = 0  # 0 disables
+    top_p: float = 1.0  # 1.0 disables
+    min_p: float = 0.0  # 0.0 disables
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    logprobs: bool = False
+    top_logprobs: int = 0
+    n: int = 1
+    skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+
+    def __post_init__(self):
+        checks = [
+            ("max_new_tokens", self.max_new_tokens >= 1, "must be >= 1"),
+            ("temperature", 0.0 <= self.temperature <= 100.0, "must be in [0, 100]"),
+            ("top_k", self.top_k >= 0, "must be >= 0"),
+            ("top_p", 0.0 < self.top_p <= 1.0, "must be in (0, 1]"),
+            ("min_p", 0.0 <= self.min_p <= 1.0, "must be in [0, 1]"),
+            ("repetition_penalty", 0.0 < self.repetition_penalty <= 10.0, "must be in (0, 10]"),
+            ("presence_penalty", -2.0 <= self.presence_penalty <= 2.0, "must be in [-2, 2]"),
+            ("frequency_penalty", -2.0 <= self.frequency_penalty <= 2.0, "must be in [-2, 2]"),
+            ("top_logprobs", 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS, f"must be in [0, {MAX_TOP_LOGPROBS}]"),
+            ("n", 1 <= self.n <= 16, "must be in [1, 16]"),
+            ("stop", all(isinstance(s, str) and s for s in self.stop), "must be non-empty strings"),
+        ]
+        for name, ok, why in checks:
+            if not ok:
+                raise ValueError(f"{name}={getattr(self, name)!r} {why}")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed={self.seed} must be in [0, 2**63)")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def uses_penalties(self) -> bool:
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Engine-wide limits and choices.
+
+    block_size: tokens per KV block. num_blocks: KV blocks in the pool (0: derive from
+    kv_cache_memory_gb). max_num_seqs: running sequences per decode step.
+    max_num_batched_tokens: prompt tokens prefilled per step (longer prompts are chunked).
+    max_model_len: context limit (0: the model's max_position_embeddings).
+    max_waiting: queued requests before `QueueFullError`.
+    kv_dtype: "auto" (the model dtype) or "int8" (per-token, per-head scales).
+    quant: "none" or "int4" (weights quantized on load with `quant_method` unless
+    the checkpoint is already quantized). tp: tensor-parallel degree (devices on a
+    `tensor` mesh axis). attention_impl: "auto" (Pallas on GPU/TPU, plain JAX on CPU),
+    "pallas" or "reference".
+    """
+
+    block_size: int = 16
+    num_blocks: int = 0
+    kv_cache_memory_gb: float = 0.5
+    max_num_seqs: int = 32
+    max_num_batched_tokens: int = 512
+    max_model_len: int = 0
+    max_waiting: int = 1024
+    enable_prefix_caching: bool = True
+    kv_dtype: str = "auto"
+    quant: str = "none"
+    quant_method: str = "rtn"
+    tp: int = 1
+    attention_impl: str = "auto"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        checks = [
+            ("block_size", self.block_size in (8, 16, 32, 64, 128), "must be one of 8, 16, 32, 64, 128"),
+            ("num_blocks", self.num_blocks >= 0, "must be >= 0"),
+            ("max_num_seqs", self.max_num_seqs >= 1, "must be >= 1"),
+            ("max_num_batched_tokens", self.max_num_batched_tokens >= self.block_size, "must be >= block_size"),
+            ("max_waiting", self.max_waiting >= 1, "must be >= 1"),
+            ("kv_dtype", self.kv_dtype in ("auto", "int8"), "must be 'auto' or 'int8'"),
+            ("quant", self.quant in ("none", "int4"), "must be 'none' or 'int4'"),
+            ("quant_method", self.quant_method in ("rtn", "awq"), "must be 'rtn' or 'awq'"),
+            ("tp", self.tp >= 1, "must be >= 1"),
+            ("attention_impl", self.attention_impl in ("auto", "pallas", "reference"), "must be auto|pallas|reference"),
+        ]
+        for name, ok, why in checks:
+            if not ok:
+                raise ValueError(f"engine.{name}={getattr(self, name)!r} {why}")

@@ -1,0 +1,178 @@
+"""The paged KV cache: a pool of fixed-size blocks per layer, and the per-step view the model attends through.
+
+Layout (per layer): k, v [k, n_blocks, block_size, e] (kv heads first, so tensor
+parallelism shards the pool on its leading axis). With int8 KV the pages hold int8
+and `k_scale`, `v_scale` [k, n_blocks, block_size] float32 hold one symmetric scale per
+token and head. Block 0 is the null block: padded tokens write there, and no sequence
+ever owns it.
+
+A token at position p of a sequence lives at page block_table[p // block_size], slot
+p % block_size; its flat slot id is page * block_size + slot.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from puyu_jax.kernels.paged_attention import dequantize_kv, paged_attention, quantize_kv
+from puyu_jax.models.config import ModelConfig
+from puyu_jax.models.transformer import attention
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class PagedKVCache:
+    k: list[Array]
+    v: list[Array]
+    k_scale: list[Array] | None = None
+    v_scale: list[Array] | None = None
+
+    @property
+    def num_blocks(self) -> int:
+        return self.k[0].shape[1]
+
+    @property
+    def block_size(self) -> int:
+        return self.k[0].shape[2]
+
+    @property
+    def quantized(self) -> bool:
+        return self.k_scale is not None
+
+    def nbytes(self) -> int:
+        return sum(x.nbytes for x in jax.tree.leaves(self))
+
+
+def kv_bytes_per_block(cfg: ModelConfig, block_size: int, kv_dtype: str) -> int:
+    """Bytes one block takes over all layers (keys + values, and scales for int8)."""
+    per_token = cfg.num_kv_heads * cfg.dim_per_head
+    if kv_dtype == "int8":
+        elem = per_token + cfg.num_kv_heads * 4
+    else:
+        elem = per_token * jnp.dtype(cfg.dtype).itemsize
+    return 2 * cfg.num_layers * block_size * elem
+
+
+def init_paged_cache(cfg: ModelConfig, num_blocks: int, block_size: int, kv_dtype: str = "auto", sharding=None) -> PagedKVCache:
+    """An empty pool of `num_blocks` blocks (block 0 included) for every layer."""
+    shape = (cfg.num_kv_heads, num_blocks, block_size, cfg.dim_per_head)
+    dtype = jnp.int8 if kv_dtype == "int8" else jnp.dtype(cfg.dtype)
+
+    def zeros(shape, dtype, spec_dims):
+        if sharding is None:
+            return jnp.zeros(shape, dtype)
+        return jax.device_put(jnp.zeros(shape, dtype), sharding(spec_dims))
+
+    k = [zeros(shape, dtype, 4) for _ in range(cfg.num_layers)]
+    v = [zeros(shape, dtype, 4) for _ in range(cfg.num_layers)]
+    if kv_dtype != "int8":
+        return PagedKVCache(k, v)
+    ks = [zeros(shape[:3], jnp.float32, 3) for _ in range(cfg.num_layers)]
+    vs = [zeros(shape[:3], jnp.float32, 3) for _ in range(cfg.num_layers)]
+    return PagedKVCache(k, v, ks, vs)
+
+
+@flax.struct.dataclass
+class PagedBatch:
+    """One step's view of the pool: which tokens are new, where they go, what each row sees.
+
+    tokens are the model input [b, t]; this holds, per row b and new token t:
+      positions [b, t] absolute positions; slots [b, t] flat slot ids to write (null
+      block for padding); block_tables [b, n] pages of each row; lengths [b] keys valid
+      after this step's writes; logits_index [b] which new token gives the row's logits.
+    """
+
+    kv: PagedKVCache
+    positions: Array
+    slots: Array
+    block_tables: Array
+    lengths: Array
+    logits_index: Array
+    window: int = flax.struct.field(pytree_node=False, default=0)
+    attention_impl: str = flax.struct.field(pytree_node=False, default="auto")
+
+    def layer(self, i: int) -> "_LayerView":
+        return _LayerView(self, i)
+
+
+class _LayerView:
+    """The model's handle on one layer of the pool (see `ExternalCache`)."""
+
+    def __init__(self, cache: PagedBatch, index: int):
+        self.cache = cache
+        self.index = index
+
+    def attend(self, q: Array, k: Array, v: Array, scale: float) -> tuple[Array, "_LayerView"]:
+        batch, i = self.cache, self.index
+        kv = batch.kv
+        pages_k, pages_v = kv.k[i], kv.v[i]
+        scale_k = kv.k_scale[i] if kv.quantized else None
+        scale_v = kv.v_scale[i] if kv.quantized else None
+        pages_k, scale_k = _write(pages_k, scale_k, k, batch.slots)
+        pages_v, scale_v = _write(pages_v, scale_v, v, batch.slots)
+        if q.shape[1] == 1:
+            out = paged_attention(
+                q[:, 0], pages_k, pages_v, batch.lengths, batch.block_tables, scale=scale,
+                k_scale=scale_k, v_scale=scale_v, window=batch.window, impl=batch.attention_impl,
+            )[:, None]
+        else:
+            out = _prefill_attention(q, pages_k, pages_v, scale_k, scale_v, batch, scale)
+        kv = kv.replace(
+            k=_set(kv.k, i, pages_k), v=_set(kv.v, i, pages_v),
+            k_scale=_set(kv.k_scale, i, scale_k) if kv.quantized else None,
+            v_scale=_set(kv.v_scale, i, scale_v) if kv.quantized else None,
+        )
+        return out.astype(q.dtype), _LayerView(batch.replace(kv=kv), i)
+
+
+def _set(items: list, i: int, value) -> list:
+    items = list(items)
+    items[i] = value
+    return items
+
+
+def _write(pages: Array, scales: Array | None, x: Array, slots: Array) -> tuple[Array, Array | None]:
+    """Scatters new keys or values x [b, t, k, e] into pages [k, n, s, e] at flat slots [b, t]."""
+    kh, n, s, e = pages.shape
+    flat_slots = slots.reshape(-1)
+    x = x.reshape(-1, kh, e).transpose(1, 0, 2)  # k, b*t, e
+    if scales is not None:
+        x, sc = quantize_kv(x)
+        scales = scales.reshape(kh, n * s).at[:, flat_slots].set(sc).reshape(kh, n, s)
+    pages = pages.reshape(kh, n * s, e).at[:, flat_slots].set(x.astype(pages.dtype)).reshape(kh, n, s, e)
+    return pages, scales
+
+
+def gather_pages(pages: Array, scales: Array | None, block_tables: Array, dtype) -> Array:
+    """[k, n, s, e] pages -> [b, n_b * s, k, e] keys or values of each row, in position order."""
+    g = pages[:, block_tables]  # k, b, nb, s, e
+    if scales is not None:
+        g = dequantize_kv(g, scales[:, block_tables], dtype)
+    kh, b, nb, s, e = g.shape
+    return g.reshape(kh, b, nb * s, e).transpose(1, 2, 0, 3).astype(dtype)
+
+
+def _prefill_attention(q, pages_k, pages_v, scale_k, scale_v, batch: PagedBatch, scale: float) -> Array:
+    """Causal attention of t new tokens per row over everything cached for that row."""
+    keys = gather_pages(pages_k, scale_k, batch.block_tables, q.dtype)
+    values = gather_pages(pages_v, scale_v, batch.block_tables, q.dtype)
+    j = jnp.arange(keys.shape[1])
+    pos = batch.positions[:, :, None]
+    mask = (j[None, None, :] <= pos) & (j[None, None, :] < batch.lengths[:, None, None])
+    if batch.window:
+        mask &= pos - j[None, None, :] < batch.window
+    return attention(q, keys, values, mask, scale, "einsum")
+
+
+def copy_blocks(kv: PagedKVCache, src: Array, dst: Array) -> PagedKVCache:
+    """Copies whole blocks src[i] -> dst[i] in every layer (copy-on-write for forked sequences)."""
+
+    def cp(x: Any):
+        return x.at[:, dst].set(x[:, src])
+
+    return jax.tree.map(cp, kv)
