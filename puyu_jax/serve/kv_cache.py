@@ -137,14 +137,20 @@ def _set(items: list, i: int, value) -> list:
 
 
 def _write(pages: Array, scales: Array | None, x: Array, slots: Array) -> tuple[Array, Array | None]:
-    """Scatters new keys or values x [b, t, k, e] into pages [k, n, s, e] at flat slots [b, t]."""
+    """Scatters new keys or values x [b, t, k, e] into pages [k, n, s, e] at flat slots [b, t].
+
+    The scatter indexes (page, slot) of the 4-D pool directly: reshaping the pool to
+    [k, n*s, e] around it makes XLA duplicate the update for the two layouts and copy
+    the whole pool every step instead of updating it in place.
+    """
     kh, n, s, e = pages.shape
-    flat_slots = slots.reshape(-1)
+    flat = slots.reshape(-1)
+    page, slot = flat // s, flat % s
     x = x.reshape(-1, kh, e).transpose(1, 0, 2)  # k, b*t, e
     if scales is not None:
         x, sc = quantize_kv(x)
-        scales = scales.reshape(kh, n * s).at[:, flat_slots].set(sc).reshape(kh, n, s)
-    pages = pages.reshape(kh, n * s, e).at[:, flat_slots].set(x.astype(pages.dtype)).reshape(kh, n, s, e)
+        scales = scales.at[:, page, slot].set(sc, mode="promise_in_bounds")
+    pages = pages.at[:, page, slot].set(x.astype(pages.dtype), mode="promise_in_bounds")
     return pages, scales
 
 
