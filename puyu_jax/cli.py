@@ -8,9 +8,12 @@
     puyu configs list|copy            find shipped configs
     puyu sweep FILE                   run every point of a config sweep
     puyu finetune train|merge|...     SFT: full, LoRA, QLoRA; merge; HF and PEFT export
+    puyu quantize int4|ppl            int4 weight-only quantization (AWQ, RTN); perplexity
     puyu eval CONFIG                  OpenCompass-style evaluation: models x datasets, PPL / gen
     puyu agent "QUESTION" --tools ... a ReAct / InternLM2 / OpenAI-tools agent over any LLM
     puyu tools serve|list             serve typed tools over HTTP
+    puyu serve MODEL                  OpenAI-compatible server (continuous batching, tools, SSE) + chat page
+    puyu chat MODEL                   interactive terminal chat (history, streaming)
 """
 
 from __future__ import annotations
@@ -258,11 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
     from puyu_jax.data.cli import add_parser as add_data_parser
     from puyu_jax.eval.cli import add_parser as add_eval_parser
     from puyu_jax.finetune.cli import add_parser as add_finetune_parser
+    from puyu_jax.serve.chat import add_parser as add_chat_parser
+    from puyu_jax.serve.cli import add_parser as add_serve_parser
+    from puyu_jax.quant.cli import add_parser as add_quantize_parser
 
     add_data_parser(sub)
     add_finetune_parser(sub)
+    add_quantize_parser(sub)
     add_eval_parser(sub)
     add_agent_parser(sub)
+    add_serve_parser(sub)
+    add_chat_parser(sub)
     return p
 
 

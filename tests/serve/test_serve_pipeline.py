@@ -1,0 +1,61 @@
+"""The pipeline API and `puyu chat` on the real SmolLM2-135M-Instruct."""
+
+import pytest
+
+from puyu_jax import GenerationConfig, pipeline
+from puyu_jax.generate import Generator, SamplingConfig
+from puyu_jax.serve.chat import chat_loop
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return pipeline("smollm2", max_num_seqs=8, kv_cache_memory_gb=0.1)
+
+
+def test_chat_answer_matches_simple_generate(pipe):
+    r = pipe.chat(QUESTION, GenerationConfig(max_new_tokens=24))
+    assert "Paris" in r.text
+    ids = pipe.encode_chat(QUESTION)
+    ref = Generator(_model(pipe)).generate(
+        [ids], SamplingConfig(max_new_tokens=24), stop_ids=pipe.tokenizer.eos_ids)[0]
+    assert r.token_ids == ref
+    assert r.input_token_len == len(ids) and r.generate_token_len == len(ref)
+
+
+def _model(pipe):
+    from flax import nnx
+
+    return nnx.merge(pipe.engine.runner.graphdef, pipe.engine.runner.state)
+
+
+def test_stream_deltas_join_to_the_full_text_and_stop_strings_cut(pipe):
+    gen = GenerationConfig(max_new_tokens=24)
+    full = pipe.chat(QUESTION, gen)
+    parts = list(pipe.chat(QUESTION, gen, stream=True))
+    assert "".join(p.text for p in parts) == full.text
+    assert parts[-1].finish_reason == full.finish_reason
+    cut = pipe.chat(QUESTION, GenerationConfig(max_new_tokens=24, stop=("Paris",)))
+    assert cut.finish_reason == "stop" and "Paris" not in cut.text
+    assert full.text.startswith(cut.text)
+    streamed = "".join(p.text for p in pipe.chat(QUESTION, GenerationConfig(max_new_tokens=24, stop=("Paris",)), stream=True))
+    assert streamed == cut.text
+
+
+def test_batch_of_prompts_and_n_choices(pipe):
+    outs = pipe(["The sky is", "One, two, three,"], GenerationConfig(max_new_tokens=6, ignore_eos=True))
+    assert len(outs) == 2 and all(o.generate_token_len == 6 for o in outs)
+    r = pipe("Once upon a time", GenerationConfig(max_new_tokens=8, temperature=1.0, seed=3, n=3))
+    assert len(r.choices) == 3 and len({c.text for c in r.choices}) > 1
+
+
+def test_chat_loop_keeps_history(pipe):
+    lines = iter(["What is the capital of France?", "And of Italy?", "/exit"])
+    out = []
+    messages = chat_loop(pipe, GenerationConfig(max_new_tokens=16), read=lambda: next(lines), write=out.append)
+    assert [m["role"] for m in messages] == ["user", "assistant"] * 2
+    assert "Paris" in messages[1]["content"] and "Rome" in messages[3]["content"]  # the follow-up needs the history
+    lines = iter(["Hello", "/reset", "/exit"])
+    assert chat_loop(pipe, GenerationConfig(max_new_tokens=4), read=lambda: next(lines), write=out.append) == []
+    assert "(history cleared)" in "".join(out)
