@@ -12,11 +12,13 @@ p % block_size; its flat slot id is page * block_size + slot.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from puyu_jax.kernels.paged_attention import dequantize_kv, paged_attention, quantize_kv
 from puyu_jax.models.config import ModelConfig
@@ -95,6 +97,7 @@ class PagedBatch:
     logits_index: Array
     window: int = flax.struct.field(pytree_node=False, default=0)
     attention_impl: str = flax.struct.field(pytree_node=False, default="auto")
+    mesh: Any = flax.struct.field(pytree_node=False, default=None)  # tensor-parallel mesh, if any
 
     def layer(self, i: int) -> "_LayerView":
         return _LayerView(self, i)
@@ -116,10 +119,7 @@ class _LayerView:
         pages_k, scale_k = _write(pages_k, scale_k, k, batch.slots)
         pages_v, scale_v = _write(pages_v, scale_v, v, batch.slots)
         if q.shape[1] == 1:
-            out = paged_attention(
-                q[:, 0], pages_k, pages_v, batch.lengths, batch.block_tables, scale=scale,
-                k_scale=scale_k, v_scale=scale_v, window=batch.window, impl=batch.attention_impl,
-            )[:, None]
+            out = _decode_attention(batch, q[:, 0], pages_k, pages_v, scale_k, scale_v, scale)[:, None]
         else:
             out = _prefill_attention(q, pages_k, pages_v, scale_k, scale_v, batch, scale)
         kv = kv.replace(
@@ -128,6 +128,28 @@ class _LayerView:
             v_scale=_set(kv.v_scale, i, scale_v) if kv.quantized else None,
         )
         return out.astype(q.dtype), _LayerView(batch.replace(kv=kv), i)
+
+
+def _decode_attention(batch: PagedBatch, q, pages_k, pages_v, scale_k, scale_v, scale: float) -> Array:
+    """Paged decode attention; under tensor parallelism a Pallas kernel runs per device on its
+    kv heads inside shard_map (XLA cannot partition a custom kernel by itself)."""
+    impl = batch.attention_impl
+    if impl == "auto":
+        impl = "reference" if jax.default_backend() == "cpu" else "pallas"
+    fn = functools.partial(paged_attention, scale=scale, window=batch.window, impl=impl)
+    mesh = batch.mesh
+    kv_heads = pages_k.shape[0]
+    if mesh is None or impl == "reference" or kv_heads % mesh.shape["tensor"]:
+        return fn(q, pages_k, pages_v, batch.lengths, batch.block_tables, k_scale=scale_k, v_scale=scale_v)
+    heads, pool, rep = P(None, "tensor"), P("tensor"), P()
+    if scale_k is None:
+        body = lambda q, k, v, lens, tabs: fn(q, k, v, lens, tabs)  # noqa: E731
+        args, specs = (q, pages_k, pages_v, batch.lengths, batch.block_tables), (heads, pool, pool, rep, rep)
+    else:
+        body = lambda q, k, v, lens, tabs, ks, vs: fn(q, k, v, lens, tabs, k_scale=ks, v_scale=vs)  # noqa: E731
+        args = (q, pages_k, pages_v, batch.lengths, batch.block_tables, scale_k, scale_v)
+        specs = (heads, pool, pool, rep, rep, pool, pool)
+    return jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=heads)(*args)
 
 
 def _set(items: list, i: int, value) -> list:

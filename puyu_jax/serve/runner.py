@@ -34,11 +34,12 @@ def bucket(n: int, minimum: int = 1) -> int:
     return 1 << (n - 1).bit_length()
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "flags", "window", "impl"), donate_argnames=("kv",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "flags", "window", "impl", "mesh"), donate_argnames=("kv",))
 def _step(graphdef, state, kv: PagedKVCache, tokens, positions, slots, block_tables, lengths, logits_index,
-          sampling: SamplingArrays, *, flags: SamplingFlags, window: int, impl: str):
+          sampling: SamplingArrays, *, flags: SamplingFlags, window: int, impl: str, mesh=None):
     model = nnx.merge(graphdef, state)
-    batch = PagedBatch(kv, positions, slots, block_tables, lengths, logits_index, window=window, attention_impl=impl)
+    batch = PagedBatch(kv, positions, slots, block_tables, lengths, logits_index, window=window, attention_impl=impl,
+                       mesh=mesh)
     logits, batch = model(tokens, cache=batch, last_only=True)
     return sample(logits[:, 0], sampling, flags), batch.kv
 
@@ -189,7 +190,7 @@ class ModelRunner:
         sampling = self._sampling(rows, tokens.shape[0], flags)
         out, self.kv = _step(
             self.graphdef, self.state, self.kv, *map(self._put, (tokens, positions, slots, tables, lengths, last)),
-            sampling, flags=flags, window=self.window, impl=self.impl,
+            sampling, flags=flags, window=self.window, impl=self.impl, mesh=self.mesh,
         )
         out = jax.device_get(out)
         return {k: np.asarray(v)[: len(rows)] for k, v in out.items()}

@@ -187,3 +187,14 @@ def test_bad_requests_are_refused_cleanly(model):
     assert eng.stats().num_blocks_used == 0
     with pytest.raises(ValueError, match="top_p"):
         GenerationConfig(top_p=0.0)
+
+
+def test_tensor_parallel_with_the_pallas_kernel():
+    """Under TP the Pallas decode kernel runs per device inside shard_map (interpret mode on CPU)."""
+    model = init_model(dataclasses.replace(CFG, num_heads=8, num_kv_heads=4, num_layers=1), seed=5)
+    prompts = _prompts(12, 2)
+    gen = GenerationConfig(max_new_tokens=3, ignore_eos=True)
+    ref = LLMEngine(model, None, EngineConfig(block_size=16, num_blocks=32)).generate(prompts, gen)
+    eng = LLMEngine(model, None, EngineConfig(block_size=16, num_blocks=32, tp=4, attention_impl="pallas"))
+    outs = eng.generate(prompts, gen)
+    assert [o.outputs[0].token_ids for o in outs] == [o.outputs[0].token_ids for o in ref]
