@@ -300,6 +300,22 @@ class LLMEngine:
         outs.sort(key=lambda o: o.index)
         return RequestOutput(group.request_id, list(group.prompt_ids), outs, final, group.metrics)
 
+    def warmup(self, batch_sizes: Seq[int] = (1,), prompt_len: int = 16) -> float:
+        """Compiles the steps the first requests will need (one prefill and decode per
+        batch size) by running throwaway requests; returns the seconds it took."""
+        t0 = time.perf_counter()
+        caching = self.blocks.prefix_caching
+        self.blocks.prefix_caching = False  # leave no throwaway blocks in the prefix cache
+        try:
+            for b in batch_sizes:
+                b = min(b, self.config.max_num_seqs)
+                prompt = [1] * min(prompt_len, self.max_model_len - 3)
+                self.generate([prompt] * b, GenerationConfig(max_new_tokens=3, ignore_eos=True))
+        finally:
+            self.blocks.prefix_caching = caching
+        self.prompt_tokens_total = self.generation_tokens_total = 0
+        return time.perf_counter() - t0
+
     # ------------------------------------------------------------------ offline
 
     def generate(self, prompts: Seq[str | Seq[int]], gen: GenerationConfig | Seq[GenerationConfig] = GenerationConfig(),

@@ -198,3 +198,14 @@ def test_tensor_parallel_with_the_pallas_kernel():
     eng = LLMEngine(model, None, EngineConfig(block_size=16, num_blocks=32, tp=4, attention_impl="pallas"))
     outs = eng.generate(prompts, gen)
     assert [o.outputs[0].token_ids for o in outs] == [o.outputs[0].token_ids for o in ref]
+
+
+def test_stop_token_ids_end_the_choice(model):
+    prompt = _prompts(13, 1)[0]
+    eng = LLMEngine(model, None, EngineConfig(block_size=8, num_blocks=64))
+    (free,) = eng.generate([prompt], GenerationConfig(max_new_tokens=12, ignore_eos=True))
+    ids = free.outputs[0].token_ids
+    stop = ids[4]
+    (cut,) = eng.generate([prompt], GenerationConfig(max_new_tokens=12, stop_token_ids=(stop,), ignore_eos=True))
+    c = cut.outputs[0]
+    assert c.token_ids == ids[: ids.index(stop) + 1] and c.finish_reason == "stop" and c.stop_reason == stop
