@@ -124,7 +124,8 @@ class ModelRunner:
         """Padded token / position / slot / table arrays for rows (numpy)."""
         b = bucket(len(rows))
         bs = self.block_size
-        nb = bucket(max(-(-(r.start + len(r.tokens)) // bs) for r in rows))
+        # at least 4 blocks per row: short sequences share one compiled shape
+        nb = bucket(max(-(-(r.start + len(r.tokens)) // bs) for r in rows), 4)
         nb = min(nb, self.num_blocks)
         tokens = np.zeros((b, t_bucket), np.int32)
         positions = np.zeros((b, t_bucket), np.int32)
