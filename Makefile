@@ -13,10 +13,10 @@ export TOKENIZERS_PARALLELISM := false
 
 install: $(STAMP)
 
-# Debian tools used by the agent's tools (text-to-speech, OCR).
+# Debian tools used by the agent's tools (text-to-speech, OCR) and the web chat page's browser test (chromium).
 system-deps:
-	@command -v espeak-ng >/dev/null && command -v tesseract >/dev/null || \
-	  (apt-get update -qq && apt-get install -y -qq espeak-ng tesseract-ocr >/dev/null)
+	@command -v espeak-ng >/dev/null && command -v tesseract >/dev/null && test -x /usr/bin/chromium || \
+	  (apt-get update -qq && apt-get install -y -qq espeak-ng tesseract-ocr chromium >/dev/null)
 
 $(STAMP): pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,8 @@ demo: install
 	$(PUYU) generate $(DEMO)/finetune-merged -p "Who are you?" -n 24
 	@echo "== agent: SmolLM2 as a ReAct agent with the Python sandbox and the calculator (whatever a 135M model manages)"
 	$(PUYU) agent "What is 37 * 91 + 5? Use the python tool." --config configs/agent/smollm2-react.yaml --llm $(DEMO)/smollm2 --out $(DEMO)/agent
+	@echo "== serve: SmolLM2 behind the OpenAI API; one chat question through the openai client, then SIGTERM"
+	$(PY) tools/demo_serve.py $(DEMO)/smollm2 --port 23334
 
 test: install
 	$(VENV)/bin/pytest -q -n 2 --durations=15 tests

@@ -10,12 +10,13 @@ from puyu_jax.data.config import ProcessConfig, TokenizeConfig
 from puyu_jax.finetune import FinetuneConfig
 from puyu_jax.generate import GenerateConfig
 from puyu_jax.models import ModelConfig
+from puyu_jax.serve.api.config import ServeConfig
 from puyu_jax.sweep import expand_sweep
 from puyu_jax.train.config import TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DATA_KINDS = {"process": ProcessConfig, "tokenize": TokenizeConfig}
-KINDS = {"models": ModelConfig, "generate": GenerateConfig, "pretrain": TrainConfig, "agent": AgentConfig, "finetune": FinetuneConfig}
+KINDS = {"models": ModelConfig, "generate": GenerateConfig, "pretrain": TrainConfig, "agent": AgentConfig, "finetune": FinetuneConfig, "serve": ServeConfig}
 
 
 def test_every_config_directory_has_a_schema():

@@ -15,8 +15,6 @@ With API keys every /v1 route needs `Authorization: Bearer KEY`. Errors use the 
 
 import asyncio
 import hmac
-import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,8 +28,8 @@ from puyu_jax.serve.api.protocol import ChatCompletionRequest, CompletionRequest
 
 __all__ = ["create_app"]
 
-logger = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
+MAX_BODY_BYTES = 16 << 20
 _ENDPOINTS = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/"}
 
 
@@ -97,11 +95,18 @@ def create_app(async_engine, *, served_model_name: str = "", api_keys: Sequence[
                            type="authentication_error", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
     async def parse(request: Request, model):
+        size = request.headers.get("content-length", "")
+        if size.isdigit() and int(size) > MAX_BODY_BYTES:
+            raise APIError(413, f"the request body is larger than {MAX_BODY_BYTES >> 20} MiB", code="body_too_large")
         body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            raise APIError(413, f"the request body is larger than {MAX_BODY_BYTES >> 20} MiB", code="body_too_large")
         try:
-            return model.model_validate_json(body or b"")
+            req = model.model_validate_json(body or b"")
         except ValidationError as e:
             raise from_validation_error(e) from None
+        req.check()
+        return req
 
     def model_card() -> dict:
         return {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "puyu",

@@ -8,7 +8,7 @@ Status mapping (what each failure answers):
 | 401 | authentication_error | missing or wrong `Authorization: Bearer KEY` (`code` invalid_api_key) |
 | 404 | not_found_error | unknown model (`code` model_not_found) or route |
 | 405 | invalid_request_error | wrong HTTP method |
-| 413 | invalid_request_error | the prompt alone does not fit the context or the KV cache (`code` context_length_exceeded) |
+| 413 | invalid_request_error | the prompt alone does not fit the context or the KV cache (`code` context_length_exceeded); a body over 16 MiB (`code` body_too_large) |
 | 422 | invalid_request_error | a well-formed conversation the server cannot use: bad role order, a role the chat template rejects, `tool_choice` naming an unknown tool; a `json_object` reply that does not parse (`code` invalid_json_output) |
 | 429 | rate_limit_error | the engine queue or the server's concurrency limit is full; `Retry-After` says when to retry |
 | 503 | service_unavailable | the server is shutting down or its engine stopped |
@@ -66,7 +66,8 @@ def from_validation_error(e: ValidationError) -> APIError:
         elif err["type"] == "none_required":
             parts.append(f"'{where}' is not supported by this server (only null is accepted)")
         else:
-            parts.append(f"'{where}': {err['msg']}")
+            msg = err["msg"].removeprefix("Value error, ")
+            parts.append(msg if where == "body" else f"'{where}': {msg}")
     first = errors[0] if errors else {"loc": (), "type": ""}
     param = _loc(tuple(x for x in first["loc"] if not _is_union_tag(x))) or None
     code = "unsupported_field" if first["type"] in ("extra_forbidden", "none_required") else "invalid_value"
@@ -74,9 +75,9 @@ def from_validation_error(e: ValidationError) -> APIError:
 
 
 def _is_union_tag(x: Any) -> bool:
-    """Pydantic puts the tried union member (`str`, `list[int]`, `function-after[...]`) into the location."""
-    return isinstance(x, str) and (x in ("str", "int", "float", "bool", "none", "dict") or "[" in x or x.endswith("Choice")
-                                   or x == "literal['none','auto','required']")
+    """Pydantic puts the tried union member (`str`, `list[int]`, `function-after[...]`, `TextPart`) into the
+    location; field names are lower case and carry no brackets."""
+    return isinstance(x, str) and (x in ("str", "int", "float", "bool", "none", "dict") or "[" in x or x[:1].isupper())
 
 
 def install_handlers(app) -> None:

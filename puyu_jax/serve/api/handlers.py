@@ -302,8 +302,6 @@ class ChatHandler:
         content, deltas = "", []
         for e in events:
             if e.kind == "content":
-                if st.calls and req.parallel_tool_calls is False:
-                    continue
                 content += e.text
             elif req.parallel_tool_calls is False and e.index > 0:
                 st.dropped = True

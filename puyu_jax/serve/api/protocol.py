@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from puyu_jax.serve.api.errors import APIError
 from puyu_jax.serve.config import MAX_TOP_LOGPROBS
 
 MAX_STOP_STRINGS = 4
@@ -150,11 +151,10 @@ class _Sampling(_Strict):
             raise ValueError("stop sequences must be non-empty strings")
         return v
 
-    @model_validator(mode="after")
-    def _stream_options(self):
+    def check(self) -> None:
+        """Checks across fields; raises APIError naming the offending field."""
         if self.stream_options is not None and not self.stream:
-            raise ValueError("stream_options is only allowed when stream is true")
-        return self
+            raise APIError(400, "stream_options is only allowed when stream is true", param="stream_options")
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -173,14 +173,14 @@ class ChatCompletionRequest(_Sampling):
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
 
-    @model_validator(mode="after")
-    def _checks(self):
+    def check(self) -> None:
+        super().check()
         if self.top_logprobs and not self.logprobs:
-            raise ValueError("top_logprobs needs logprobs to be true")
+            raise APIError(400, "top_logprobs needs logprobs to be true", param="top_logprobs")
         if self.max_tokens is not None and self.max_completion_tokens is not None and \
                 self.max_tokens != self.max_completion_tokens:
-            raise ValueError("max_tokens and max_completion_tokens disagree; send one of them")
-        return self
+            raise APIError(400, "max_tokens and max_completion_tokens disagree; send one of them",
+                           param="max_completion_tokens")
 
     def token_limit(self) -> tuple[int | None, str]:
         """The requested output limit and the field that set it."""
@@ -200,14 +200,14 @@ class CompletionRequest(_Sampling):
     suffix: None = None  # insertion (fill-in-the-middle) is not supported
     best_of: int | None = Field(None, ge=1, le=MAX_N)
 
-    @model_validator(mode="after")
-    def _checks(self):
+    def check(self) -> None:
+        super().check()
         if self.best_of is not None and self.best_of != self.n:
-            raise ValueError("best_of other than n is not supported (the server does not rank candidates)")
+            raise APIError(400, "best_of other than n is not supported (the server does not rank candidates)",
+                           param="best_of")
         if self.echo and self.logprobs is not None:
-            raise ValueError("echo with logprobs needs the prompt's log-probabilities, which this server "
-                             "does not compute; drop one of them")
-        return self
+            raise APIError(400, "echo with logprobs needs the prompt's log-probabilities, which this server "
+                                "does not compute; drop one of them", param="echo")
 
     def prompts(self) -> list[str | list[int]]:
         """The prompts as a list (one per entry of a batch)."""

@@ -101,10 +101,14 @@ def detect_format(render: Callable[..., str]) -> ToolCallFormat:
                        tools=[_PROBE_TOOL], add_generation_prompt=False)
     except Exception:  # a template that cannot render the probe writes no tool calls we could learn
         return HERMES
-    if _PROBE_NAME not in with_call or not with_call.startswith(base) or not plain.startswith(base):
+    if _PROBE_NAME not in with_call:
         return _replace(HERMES, native_tools=native_tools)
-    part = with_call[len(base):]
-    turn_end = plain[len(base):].split("zq_probe_reply", 1)[-1]
+    # the generation prompt may end in whitespace that the template trims before a call
+    head = base if with_call.startswith(base) else base.rstrip()
+    if not with_call.startswith(head) or not plain.startswith(head):
+        return _replace(HERMES, native_tools=native_tools)
+    part = with_call[len(head):].lstrip() if head is not base else with_call[len(head):]
+    turn_end = plain[len(head):].split("zq_probe_reply", 1)[-1]
     found = _find_call_json(part)
     if found is None:
         return _replace(HERMES, native_tools=native_tools)
@@ -199,6 +203,8 @@ class ToolCallParser:
     _args_sent: int = 0  # characters of the arguments' value already reported
     _scan: "_JsonScan | None" = None
     _obj_end: int = -1  # where the current call's JSON object ended in _call
+    _strip_lead: bool = False  # whitespace right after a call is markup, not content
+    _ws: str = ""  # whitespace before the current call's marker (content again if it is no call)
 
     def __post_init__(self):
         key = re.escape(json.dumps(self.fmt.name_key))
@@ -219,7 +225,7 @@ class ToolCallParser:
         events = self._run(final=True)
         if self._in_call:
             events += self._end_call(final=True)
-        elif self._buf:
+        elif self._buf and not (self._strip_lead and not self._buf.strip()):
             events.append(_Event("content", self._buf))
             self._buf = ""
         return events
@@ -229,6 +235,9 @@ class ToolCallParser:
         events: list[_Event] = []
         while True:
             if not self._in_call:
+                if self._strip_lead:
+                    self._buf = self._buf.lstrip()
+                    self._strip_lead = not self._buf
                 k = self._buf.find(self._marker)
                 if k < 0:
                     if not final:
@@ -238,6 +247,7 @@ class ToolCallParser:
                             self._buf = self._buf[len(self._buf) - keep:]
                     return events
                 before = self._buf[:k].rstrip()
+                self._ws = self._buf[len(before):k]
                 if before:
                     events.append(_Event("content", before))
                 self._call = self._buf[k:] if self._marker_in_call else self._buf[k + len(self._marker):]
@@ -257,7 +267,7 @@ class ToolCallParser:
             return self._after_object(self._obj_end, events)
         stripped = self._call.lstrip()
         if stripped and stripped[0] != "{":  # not a JSON call after all: give the text back as content
-            text = ("" if self._marker_in_call else self._marker) + self._call
+            text = self._ws + ("" if self._marker_in_call else self._marker) + self._call
             self._in_call, self._call, self._buf = False, "", ""
             events.append(_Event("content", text))
             return False
@@ -305,7 +315,7 @@ class ToolCallParser:
         except json.JSONDecodeError:
             return False
         if not isinstance(obj, dict) or self.fmt.name_key not in obj:
-            text = ("" if self._marker_in_call else self._marker) + self._call
+            text = self._ws + ("" if self._marker_in_call else self._marker) + self._call
             self._in_call, self._call = False, ""
             events.append(_Event("content", text))
             return False
@@ -345,7 +355,8 @@ class ToolCallParser:
                     return False
             rest = rest[k + len(end):]
         self._in_call, self._call = False, ""
-        self._buf = rest.lstrip() if rest.strip() else ""
+        self._buf = rest.lstrip()
+        self._strip_lead = not self._buf
         return True
 
     def _end_call(self, final: bool) -> list[_Event]:
@@ -354,7 +365,7 @@ class ToolCallParser:
         before = len(self.calls)
         if self._name_end < 0 and self._in_call and (self._whole_object(events) or True) and len(self.calls) == before \
                 and self._in_call:
-            text = ("" if self._marker_in_call else self._marker) + self._call
+            text = self._ws + ("" if self._marker_in_call else self._marker) + self._call
             if text.strip():
                 events.append(_Event("content", text))
         self._in_call, self._call = False, ""
