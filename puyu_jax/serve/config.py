@@ -36,10 +36,15 @@ class GenerationConfig:
     n: int = 1
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    prompt_logprobs: int | None = None  # None: off; k: each prompt token's logprob and the top k
+
 
     def __post_init__(self):
         checks = [
-            ("max_new_tokens", self.max_new_tokens >= 1, "must be >= 1"),
+            ("max_new_tokens", self.max_new_tokens >= (0 if self.prompt_logprobs is not None else 1),
+             "must be >= 1 (0 only when scoring the prompt with prompt_logprobs)"),
+            ("prompt_logprobs", self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= MAX_TOP_LOGPROBS,
+             f"must be None or in [0, {MAX_TOP_LOGPROBS}]"),
             ("temperature", 0.0 <= self.temperature <= 100.0, "must be in [0, 100]"),
             ("top_k", self.top_k >= 0, "must be >= 0"),
             ("top_p", 0.0 < self.top_p <= 1.0, "must be in (0, 1]"),

@@ -22,7 +22,7 @@ import numpy as np
 
 from puyu_jax.models.config import ModelConfig
 from puyu_jax.serve.block_manager import BlockManager, block_hashes
-from puyu_jax.serve.config import EngineConfig, GenerationConfig
+from puyu_jax.serve.config import MAX_TOP_LOGPROBS, EngineConfig, GenerationConfig
 from puyu_jax.serve.detokenize import update_text
 from puyu_jax.serve.errors import PromptTooLongError, QueueFullError
 from puyu_jax.serve.kv_cache import kv_bytes_per_block
@@ -110,11 +110,38 @@ class LLMEngine:
         seed = gen.seed if gen.seed is not None else int(self._rng.integers(0, 2**63))
         metrics = RequestMetrics(arrival_time=arrival_time or time.time(), num_prompt_tokens=len(prompt_ids))
         group = SequenceGroup(request_id, prompt_ids, gen, seed, metrics)
+        if gen.prompt_logprobs is not None:
+            group.prompt_logprobs = self._prompt_logprobs(prompt_ids, gen.prompt_logprobs)
         seq = self._new_seq(group, 0, list(prompt_ids))
         seq.fork_pending = gen.n > 1
+        if gen.max_new_tokens == 0:  # scoring only: done once the prompt is scored
+            for index in range(1, gen.n):
+                self._new_seq(group, index, list(prompt_ids))
+            for s in group.seqs:
+                s.status, s.finish_reason = Status.FINISHED, "length"
+            metrics.first_token_time = metrics.finished_time = time.time()
+            self.prompt_tokens_total += len(prompt_ids)
+            self._finished_out.append(self._output(group, final=True))
+            return request_id
         self.groups[request_id] = group
         self.scheduler.add(seq)
         return request_id
+
+    def _prompt_logprobs(self, prompt_ids: list[int], top: int) -> list[TokenLogprob | None]:
+        """Each prompt token's log-prob given the tokens before it (scored through the pool)."""
+        n = self.scheduler.blocks_for(len(prompt_ids))
+        if not self.blocks.can_allocate(n):
+            raise QueueFullError("the KV cache is too full to score this prompt now; try again later")
+        table = self.blocks.allocate(n)
+        try:
+            lp, ids, tlp = self.runner.score(prompt_ids, table, top=MAX_TOP_LOGPROBS)
+        finally:
+            self.blocks.release(table)
+        out: list[TokenLogprob | None] = [None]
+        for i, tok in enumerate(prompt_ids[1:]):
+            best = [(int(t), self._piece(int(t)), float(v)) for t, v in zip(ids[i][:top], tlp[i][:top])]
+            out.append(TokenLogprob(tok, self._piece(tok), float(lp[i]), best))
+        return out
 
     def _new_seq(self, group: SequenceGroup, index: int, token_ids: list[int]) -> Sequence:
         seq = Sequence(next(self._seq_ids), group, index, token_ids, len(group.prompt_ids),
@@ -298,7 +325,8 @@ class LLMEngine:
                 finish_reason=seq.finish_reason, stop_reason=seq.stop_reason,
             ))
         outs.sort(key=lambda o: o.index)
-        return RequestOutput(group.request_id, list(group.prompt_ids), outs, final, group.metrics)
+        return RequestOutput(group.request_id, list(group.prompt_ids), outs, final, group.metrics,
+                             prompt_logprobs=group.prompt_logprobs)
 
     def warmup(self, batch_sizes: Seq[int] = (1,), prompt_len: int = 16) -> float:
         """Compiles the steps the first requests will need (one prefill and decode per

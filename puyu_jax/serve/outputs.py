@@ -63,6 +63,7 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     metrics: RequestMetrics
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # first token: None (nothing precedes it)
 
 
 @dataclass

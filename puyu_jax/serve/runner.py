@@ -44,15 +44,21 @@ def _step(graphdef, state, kv: PagedKVCache, tokens, positions, slots, block_tab
     return sample(logits[:, 0], sampling, flags), batch.kv
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "window", "impl"), donate_argnames=("kv",))
-def _score(graphdef, state, kv: PagedKVCache, tokens, positions, slots, block_tables, lengths, *, window: int, impl: str):
-    """Log-probs of tokens[:, 1:] given their prefixes (prompt scoring through the paged path)."""
+@functools.partial(jax.jit, static_argnames=("graphdef", "window", "impl", "top"), donate_argnames=("kv",))
+def _score(graphdef, state, kv: PagedKVCache, tokens, positions, slots, block_tables, lengths, *, window: int, impl: str,
+           top: int = 0):
+    """Log-probs of tokens[:, 1:] given their prefixes (prompt scoring through the paged path),
+    and the `top` best (ids, log-probs) at each position."""
     model = nnx.merge(graphdef, state)
     zeros = jnp.zeros(tokens.shape[:1], jnp.int32)
     batch = PagedBatch(kv, positions, slots, block_tables, lengths, zeros, window=window, attention_impl=impl)
     logits, batch = model(tokens, cache=batch)
     logprobs = jax.nn.log_softmax(logits[:, :-1], axis=-1)
-    return jnp.take_along_axis(logprobs, tokens[:, 1:, None], axis=-1)[..., 0], logits[:, -1], batch.kv
+    chosen = jnp.take_along_axis(logprobs, tokens[:, 1:, None], axis=-1)[..., 0]
+    if top:
+        top_lp, top_ids = jax.lax.top_k(logprobs, top)
+        return chosen, top_ids.astype(jnp.int32), top_lp, batch.kv
+    return chosen, None, None, batch.kv
 
 
 _copy_blocks = jax.jit(copy_blocks, donate_argnums=0)
@@ -196,13 +202,20 @@ class ModelRunner:
         out = jax.device_get(out)
         return {k: np.asarray(v)[: len(rows)] for k, v in out.items()}
 
-    def score(self, token_ids: list[int], block_table: list[int]) -> np.ndarray:
-        """Log-probs [n-1] of token_ids[1:] computed through the paged pool (blocks given)."""
+    def score(self, token_ids: list[int], block_table: list[int], top: int = 0):
+        """Log-probs [n-1] of token_ids[1:] computed through the paged pool (blocks given).
+
+        With top > 0 returns (log-probs, top ids [n-1, top], top log-probs [n-1, top]).
+        """
         row = Row(tokens=list(token_ids), start=0, block_table=block_table)
         tokens, positions, slots, tables, lengths, _ = self._layout([row], bucket(len(token_ids), 16))
-        lp, _, self.kv = _score(self.graphdef, self.state, self.kv, *map(self._put, (tokens, positions, slots, tables, lengths)),
-                                window=self.window, impl=self.impl)
-        return np.asarray(lp)[0, : len(token_ids) - 1]
+        lp, ids, tlp, self.kv = _score(self.graphdef, self.state, self.kv,
+                                       *map(self._put, (tokens, positions, slots, tables, lengths)),
+                                       window=self.window, impl=self.impl, top=top)
+        n = len(token_ids) - 1
+        if top:
+            return np.asarray(lp)[0, :n], np.asarray(ids)[0, :n], np.asarray(tlp)[0, :n]
+        return np.asarray(lp)[0, :n]
 
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
         """Copies KV blocks src -> dst (copy-on-write when a sequence forks)."""

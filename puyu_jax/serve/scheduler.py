@@ -82,6 +82,7 @@ class SequenceGroup:
     metrics: RequestMetrics
     seqs: list[Sequence] = field(default_factory=list)
     aborted: bool = False
+    prompt_logprobs: list | None = None
 
     @property
     def finished(self) -> bool:

@@ -54,7 +54,7 @@ BAD = [
     (CHAT, {**OK, "tools": [{"type": "function", "function": {"name": "f"}}],
             "tool_choice": {"type": "function", "function": {"name": "g"}}}, 422, "tool_choice"),
     (CHAT, {**OK, "messages": [{"role": "user", "content": "word " * 600}]}, 413, "messages"),
-    (COMPLETIONS, {"model": MODEL, "prompt": "x", "echo": True, "logprobs": 1}, 400, "echo"),
+    (COMPLETIONS, {"model": MODEL, "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
     (COMPLETIONS, {"model": MODEL, "prompt": "x", "suffix": "y"}, 400, "suffix"),
     (COMPLETIONS, {"model": MODEL, "prompt": "x", "best_of": 3}, 400, "best_of"),
     (COMPLETIONS, {"model": MODEL, "prompt": ""}, 400, "prompt"),

@@ -99,7 +99,7 @@ def token_budget(state: ServerState, n_prompt: int, requested: int | None, param
 
 
 def generation_config(req, *, max_new: int, stop: list[str], logprobs: bool, top_logprobs: int,
-                      skip_special: bool = True) -> GenerationConfig:
+                      skip_special: bool = True, prompt_logprobs: int | None = None) -> GenerationConfig:
     try:
         return GenerationConfig(
             max_new_tokens=max_new,
@@ -116,6 +116,7 @@ def generation_config(req, *, max_new: int, stop: list[str], logprobs: bool, top
             top_logprobs=top_logprobs,
             n=req.n,
             skip_special_tokens=skip_special,
+            prompt_logprobs=prompt_logprobs,
         )
     except ValueError as e:
         raise APIError(400, str(e), param=_param_of(str(e))) from e
@@ -228,6 +229,30 @@ def _chat_logprobs(items: list[TokenLogprob] | None, k: int) -> dict | None:
         "token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode("utf-8")),
         "top_logprobs": [{"token": s, "logprob": lp, "bytes": list(s.encode("utf-8"))} for _, s, lp in t.top[:k]],
     } for t in items], "refusal": None}
+
+
+def _prompt_logprobs(out: RequestOutput, k: int, tokenizer) -> dict:
+    """The prompt's tokens with their log-probs (the first has none), offsets from 0."""
+    items = out.prompt_logprobs or []
+    tokens, lps, tops, offsets, offset = [], [], [], [], 0
+    for i, t in enumerate(items):
+        if t is None:  # the first token: nothing precedes it
+            piece = tokenizer.decode([out.prompt_token_ids[i]])
+            tokens.append(piece)
+            lps.append(None)
+            tops.append(None)
+        else:
+            piece = t.token
+            tokens.append(piece)
+            lps.append(t.logprob)
+            tops.append({s: lp for _, s, lp in t.top[:k]})
+        offsets.append(offset)
+        offset += len(piece)
+    return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
+
+
+def _join_logprobs(prompt: dict, generated: dict) -> dict:
+    return {key: prompt[key] + generated[key] for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset")}
 
 
 def _completion_logprobs(items: list[TokenLogprob] | None, k: int, offset: int) -> dict | None:
@@ -434,8 +459,9 @@ class CompletionHandler:
                 ids, text = list(p), s.tokenizer.decode(p)
             max_new = token_budget(s, len(ids), req.max_tokens, "max_tokens", "prompt")
             k = req.logprobs or 0
+            # with echo, logprobs cover the prompt too (PPL-style evaluation)
             gen = generation_config(req, max_new=max_new, stop=req.stop_list(), logprobs=req.logprobs is not None,
-                                    top_logprobs=k)
+                                    top_logprobs=k, prompt_logprobs=k if req.echo and req.logprobs is not None else None)
             out.append((ids, text, gen))
         return out
 
@@ -466,10 +492,14 @@ class CompletionHandler:
         for i, out in enumerate(outs):
             for c in out.outputs:
                 offset = len(prepared[i][1]) if req.echo else 0
+                logprobs = None
+                if req.logprobs is not None:
+                    logprobs = _completion_logprobs(c.logprobs or [], req.logprobs, offset)
+                    if req.echo:
+                        logprobs = _join_logprobs(_prompt_logprobs(out, req.logprobs, self.state.tokenizer), logprobs)
                 choices.append({
                     "index": i * req.n + c.index, "text": self._text(req, prepared[i][1], c),
-                    "logprobs": _completion_logprobs(c.logprobs, req.logprobs or 0, offset)
-                    if req.logprobs is not None else None,
+                    "logprobs": logprobs,
                     "finish_reason": c.finish_reason or "stop"})
         return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": self.state.model_name,
                 "choices": choices, "usage": _usage(outs), "system_fingerprint": None}
@@ -493,6 +523,7 @@ class CompletionHandler:
                     if c.finished:
                         ended.add(index)
                     text = c.delta_text
+                    echo_first = index not in started
                     if index not in started:
                         started.add(index)
                         offsets[index] = len(prepared[i][1]) if req.echo else 0
@@ -502,6 +533,8 @@ class CompletionHandler:
                     if req.logprobs is not None:
                         logprobs = _completion_logprobs(c.delta_logprobs or [], req.logprobs, offsets[index])
                         offsets[index] += sum(len(t.token) for t in c.delta_logprobs or [])
+                        if req.echo and echo_first:
+                            logprobs = _join_logprobs(_prompt_logprobs(out, req.logprobs, self.state.tokenizer), logprobs)
                     if text or c.finished or (logprobs and logprobs["tokens"]):
                         yield _sse({**base, "choices": [{"index": index, "text": text, "logprobs": logprobs,
                                                          "finish_reason": c.finish_reason if c.finished else None}],

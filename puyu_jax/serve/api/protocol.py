@@ -3,7 +3,7 @@
 Every field a client may send is declared here; anything else fails validation with an
 error that names it (HTTP 400), so no option is silently ignored. Fields the API knows but
 this server cannot honour are declared with the only value it accepts and a message saying
-why (e.g. `echo` with `logprobs`, `suffix`, `best_of` > n).
+why (e.g. `suffix`, `best_of` > n).
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ PromptType = str | list[str] | list[int] | list[list[int]]
 
 class CompletionRequest(_Sampling):
     prompt: PromptType
-    max_tokens: int = Field(16, ge=1)
+    max_tokens: int = Field(16, ge=0)  # 0 only with echo: score the prompt, generate nothing
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool = False
     suffix: None = None  # insertion (fill-in-the-middle) is not supported
@@ -205,9 +205,9 @@ class CompletionRequest(_Sampling):
         if self.best_of is not None and self.best_of != self.n:
             raise APIError(400, "best_of other than n is not supported (the server does not rank candidates)",
                            param="best_of")
-        if self.echo and self.logprobs is not None:
-            raise APIError(400, "echo with logprobs needs the prompt's log-probabilities, which this server "
-                                "does not compute; drop one of them", param="echo")
+        if self.max_tokens == 0 and not self.echo:
+            raise APIError(400, "max_tokens=0 generates nothing; it is only meaningful with echo=true",
+                           param="max_tokens")
 
     def prompts(self) -> list[str | list[int]]:
         """The prompts as a list (one per entry of a batch)."""
