@@ -284,7 +284,7 @@ class LLMEngine:
             seq.logprobs.append(TokenLogprob(token, self._piece(token), float(result["logprob"][i]), top))
         out_ids = seq.output_ids
         if self.tokenizer is not None:
-            seq.text, stop, _ = update_text(self.tokenizer, out_ids, seq.text, gen)
+            seq.text, stop, seq.hold = update_text(self.tokenizer, out_ids, seq.text, gen)
             if stop is not None:
                 return self._finish(seq, "stop", stop)
         if token in gen.stop_token_ids:
@@ -307,9 +307,7 @@ class LLMEngine:
     def _output(self, group: SequenceGroup, final: bool) -> RequestOutput:
         outs = []
         for seq in group.seqs:
-            visible = len(seq.text)
-            if not seq.finished and self.tokenizer is not None:
-                visible -= update_text(self.tokenizer, seq.output_ids, seq.text, group.gen)[2]
+            visible = len(seq.text) - (0 if seq.finished else seq.hold)
             delta_text = seq.text[seq.emitted_text:visible] if visible > seq.emitted_text else ""
             seq.emitted_text = max(seq.emitted_text, visible)
             ids = seq.output_ids

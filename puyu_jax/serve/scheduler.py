@@ -47,6 +47,7 @@ class Sequence:
     hashes: list[int] = field(default_factory=list)  # of the registered full blocks
     logprobs: list[TokenLogprob] = field(default_factory=list)
     text: str = ""  # detokenized output (stop string cut off once found)
+    hold: int = 0  # trailing characters of text not yet safe to stream (partial UTF-8 or stop string)
     emitted_text: int = 0  # characters already handed out
     emitted_tokens: int = 0
     emitted_logprobs: int = 0
