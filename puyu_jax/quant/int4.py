@@ -1,0 +1,142 @@
+"""Group-wise asymmetric int4 weights (round-to-nearest) in the `int4_matmul` layout.
+
+A kernel of any shape is viewed as `W [K, N]` with K its first `n_in` (contracted) axes
+flattened and N the rest, so that `y = x @ W`. Along K it is cut into groups of
+`group_size` rows; each (group, column) keeps a scale and an integer zero point:
+
+    scale = max(max(W_g) - min(W_g), 1e-5) / 15
+    zero  = clip(-round(min(W_g) / scale), 0, 15)
+    q     = clip(round(W / scale) + zero, 0, 15)          dequant: (q - zero) * scale
+
+(the formula of llm-awq's `pseudo_quantize_tensor`). `q` is packed two per byte with
+`puyu_jax.kernels.pack_int4`: `qweight uint8 [K/2, N]`, low nibble row 2i, high row 2i+1.
+
+When K is not a multiple of `group_size` (SmolLM2's hidden size 576 with groups of 128) the
+weight is padded to the next multiple by repeating its last row, so the padded group's
+min / max are those of its real rows; activations are zero-padded to match at run time and
+the padded rows never contribute.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from puyu_jax.kernels.int4_matmul import pack_int4, unpack_int4
+
+Array = jax.Array
+QMAX = 15
+
+
+@flax.struct.dataclass
+class Int4Weight:
+    """A kernel of `shape` stored as packed int4 groups (see the module docstring).
+
+    qweight: uint8 [Kp // 2, N], Kp = K rounded up to a multiple of group_size.
+    scales:  float32 [Kp // group_size, N].
+    zeros:   float32 [Kp // group_size, N], integer values 0..15.
+    """
+
+    qweight: Array
+    scales: Array
+    zeros: Array
+    shape: tuple[int, ...] = flax.struct.field(pytree_node=False)
+    n_in: int = flax.struct.field(pytree_node=False, default=1)
+    group_size: int = flax.struct.field(pytree_node=False, default=128)
+
+    @property
+    def in_features(self) -> int:
+        return math.prod(self.shape[: self.n_in])
+
+    @property
+    def out_features(self) -> int:
+        return math.prod(self.shape[self.n_in :])
+
+    @property
+    def padded_in_features(self) -> int:
+        return 2 * self.qweight.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(x.size) * x.dtype.itemsize for x in (self.qweight, self.scales, self.zeros))
+
+    def dequantize_2d(self, dtype=jnp.float32) -> Array:
+        """The weight as `[K, N]` (padding rows dropped)."""
+        return dequantize_groups(unpack_int4(self.qweight), self.scales, self.zeros, self.group_size)[
+            : self.in_features
+        ].astype(dtype)
+
+    def dequantize(self, dtype=jnp.float32) -> Array:
+        """The weight in its original kernel shape."""
+        return self.dequantize_2d(dtype).reshape(self.shape)
+
+
+def _pad_rows(w2: Array, group_size: int) -> Array:
+    pad = (-w2.shape[0]) % group_size
+    return jnp.pad(w2, ((0, pad), (0, 0)), mode="edge") if pad else w2
+
+
+def group_params(w2: Array, group_size: int) -> tuple[Array, Array]:
+    """(scales, zeros) `[K/G, N]` of `w2 [K, N]` (K a multiple of group_size)."""
+    k, n = w2.shape
+    g = w2.astype(jnp.float32).reshape(k // group_size, group_size, n)
+    wmax, wmin = jnp.max(g, axis=1), jnp.min(g, axis=1)
+    scales = jnp.maximum(wmax - wmin, 1e-5) / QMAX
+    zeros = jnp.clip(-jnp.round(wmin / scales), 0, QMAX)
+    return scales, zeros
+
+
+def quantize_groups(w2: Array, group_size: int) -> tuple[Array, Array, Array]:
+    """RTN codes of `w2 [K, N]`: (q int32 [K, N] in 0..15, scales, zeros); K % group_size == 0."""
+    k, n = w2.shape
+    scales, zeros = group_params(w2, group_size)
+    s = jnp.repeat(scales, group_size, axis=0)
+    z = jnp.repeat(zeros, group_size, axis=0)
+    q = jnp.clip(jnp.round(w2.astype(jnp.float32) / s) + z, 0, QMAX).astype(jnp.int32)
+    return q, scales, zeros
+
+
+def dequantize_groups(q: Array, scales: Array, zeros: Array, group_size: int) -> Array:
+    """(q - zero) * scale, float32 `[K, N]`."""
+    s = jnp.repeat(scales.astype(jnp.float32), group_size, axis=0)
+    z = jnp.repeat(zeros.astype(jnp.float32), group_size, axis=0)
+    return (q.astype(jnp.float32) - z) * s
+
+
+def fake_quantize(w2: Array, group_size: int) -> Array:
+    """Quantize then dequantize `w2 [K, N]` (any K; padded internally), float32 `[K, N]`.
+
+    What the quantized kernel computes with; used by the AWQ searches.
+    """
+    k = w2.shape[0]
+    q, s, z = quantize_groups(_pad_rows(w2, group_size), group_size)
+    return dequantize_groups(q, s, z, group_size)[:k]
+
+
+def quantize_int4(w: Array, n_in: int = 1, group_size: int = 128) -> Int4Weight:
+    """RTN-quantizes a kernel whose first `n_in` axes are contracted.
+
+    Args:
+      w: the float kernel, e.g. [d, h, e] (n_in=1) or o_proj's [h, e, d] (n_in=2).
+      n_in: number of leading (input) axes.
+      group_size: rows of K per group (even).
+    Returns:
+      An `Int4Weight` remembering `w.shape`, `n_in` and `group_size`.
+    """
+    if group_size % 2 or group_size < 2:
+        raise ValueError(f"group_size={group_size} must be an even number >= 2")
+    shape = tuple(int(s) for s in w.shape)
+    qweight, scales, zeros = _quantize(jnp.asarray(w), n_in, group_size)
+    return Int4Weight(qweight, scales, zeros, shape, n_in, group_size)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _quantize(w: Array, n_in: int, group_size: int):
+    k = math.prod(w.shape[:n_in])
+    w2 = _pad_rows(w.reshape(k, -1).astype(jnp.float32), group_size)
+    q, scales, zeros = quantize_groups(w2, group_size)
+    return pack_int4(q), scales, zeros
