@@ -9,7 +9,7 @@ export XLA_PYTHON_CLIENT_PREALLOCATE := false
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install system-deps demo test test-fast bench clean
+.PHONY: install system-deps demo test test-fast bench bench-deps bench-engine clean
 
 install: $(STAMP)
 
@@ -58,6 +58,16 @@ bench: install
 	$(PY) tools/bench/forward.py
 	$(PY) tools/bench/train.py
 	$(PY) tools/bench/data.py
+
+# Benchmark-only peer (llama.cpp's binding, built from source: ~10 min on 2 cores); not used by `make test`.
+bench-deps: install
+	$(PY) -m pip install -q llama-cpp-python==0.3.36
+
+# The engine against transformers and llama.cpp, and the server against a transformers server.
+bench-engine: bench-deps
+	$(PY) tools/bench/kernels.py
+	$(PY) tools/bench/generate.py --out runs/bench-generate
+	$(PY) tools/bench/serve.py --out runs/bench-serve
 
 clean:
 	rm -rf $(DEMO) runs .pytest_cache

@@ -117,6 +117,7 @@ def generation_config(req, *, max_new: int, stop: list[str], logprobs: bool, top
             n=req.n,
             skip_special_tokens=skip_special,
             prompt_logprobs=prompt_logprobs,
+            ignore_eos=req.ignore_eos,
         )
     except ValueError as e:
         raise APIError(400, str(e), param=_param_of(str(e))) from e
