@@ -50,6 +50,10 @@ def build_server(cfg: ServeConfig):
     from puyu_jax.serve.engine import LLMEngine
 
     engine = LLMEngine.from_pretrained(cfg.model, cfg.engine)
+    if cfg.warmup_batch_sizes:
+        seconds = engine.warmup(cfg.warmup_batch_sizes)
+        print(f"puyu serve: compiled the steps for batch sizes {list(cfg.warmup_batch_sizes)} in {seconds:.1f} s",
+              flush=True)
     async_engine = AsyncEngine(engine)
     async_engine.start()
     app = create_app(async_engine, served_model_name=cfg.model_name, api_keys=cfg.api_keys,
