@@ -127,16 +127,22 @@ class LLMEngine:
         self.scheduler.add(seq)
         return request_id
 
-    def _prompt_logprobs(self, prompt_ids: list[int], top: int) -> list[TokenLogprob | None]:
-        """Each prompt token's log-prob given the tokens before it (scored through the pool)."""
-        n = self.scheduler.blocks_for(len(prompt_ids))
+    def score(self, token_ids: Seq[int], top: int = 0):
+        """Log-probs of token_ids[1:] through the pool on blocks borrowed for the call (see
+        `ModelRunner.score`). Raises QueueFullError when the pool cannot hold them now."""
+        n = self.scheduler.blocks_for(len(token_ids))
         if not self.blocks.can_allocate(n):
-            raise QueueFullError("the KV cache is too full to score this prompt now; try again later")
+            raise QueueFullError(f"{len(token_ids)} tokens need {n} free KV blocks, {self.blocks.num_free} are free; "
+                                 "try again later")
         table = self.blocks.allocate(n)
         try:
-            lp, ids, tlp = self.runner.score(prompt_ids, table, top=MAX_TOP_LOGPROBS)
+            return self.runner.score(list(token_ids), table, top=top)
         finally:
             self.blocks.release(table)
+
+    def _prompt_logprobs(self, prompt_ids: list[int], top: int) -> list[TokenLogprob | None]:
+        """Each prompt token's log-prob given the tokens before it (scored through the pool)."""
+        lp, ids, tlp = self.score(prompt_ids, top=MAX_TOP_LOGPROBS)
         out: list[TokenLogprob | None] = [None]
         for i, tok in enumerate(prompt_ids[1:]):
             best = [(int(t), self._piece(int(t)), float(v)) for t, v in zip(ids[i][:top], tlp[i][:top])]

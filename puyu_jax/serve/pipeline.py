@@ -101,15 +101,7 @@ class Pipeline:
 
     def score(self, token_ids: Sequence[int]) -> np.ndarray:
         """Log-probs of token_ids[1:] through the paged KV cache (with the engine's KV dtype)."""
-        blocks = self.engine.blocks
-        n = -(-len(token_ids) // blocks.block_size)
-        if not blocks.can_allocate(n):
-            raise ValueError(f"{len(token_ids)} tokens need {n} free KV blocks, {blocks.num_free} free")
-        table = blocks.allocate(n)
-        try:
-            return self.engine.runner.score(list(token_ids), table)
-        finally:
-            blocks.release(table)
+        return self.engine.score(token_ids)
 
 
 def pipeline(model, tokenizer=None, *, quant: str | None = None, kv: str | None = None, tp: int = 1,

@@ -1,5 +1,6 @@
 """The pipeline API and `puyu chat` on the real SmolLM2-135M-Instruct."""
 
+import numpy as np
 import pytest
 
 from puyu_jax import GenerationConfig, pipeline
@@ -50,12 +51,18 @@ def test_batch_of_prompts_and_n_choices():
 
     from puyu_jax.models.params import init_model
 
-    tiny = pipeline(init_model(tiny_model_config(), 0), smollm2_tokenizer(), num_blocks=128, block_size=16)
+    model = init_model(tiny_model_config(), 0)
+    tiny = pipeline(model, smollm2_tokenizer(), num_blocks=128, block_size=16)
     outs = tiny(["The sky is", "One, two, three,"], GenerationConfig(max_new_tokens=6, ignore_eos=True))
     assert len(outs) == 2 and all(o.generate_token_len == 6 for o in outs)
     r = tiny("Once upon a time", GenerationConfig(max_new_tokens=8, temperature=1.0, seed=3, n=3, ignore_eos=True))
     assert len(r.choices) == 3 and len({tuple(c.token_ids) for c in r.choices}) > 1
     assert r.choices[0].text == tiny.tokenizer.decode(r.choices[0].token_ids, skip_special=True)
+    from puyu_jax.serve.runner import score_logprobs
+
+    ids = tiny.tokenizer.encode("Once upon a time there was a model")
+    np.testing.assert_allclose(tiny.score(ids), score_logprobs(model, ids), atol=1e-5)
+    assert tiny.engine.stats().num_blocks_used == 0
 
 
 def test_chat_loop_keeps_history(pipe):
