@@ -13,10 +13,12 @@ export TOKENIZERS_PARALLELISM := false
 
 install: $(STAMP)
 
-# Debian tools used by the agent's tools (text-to-speech, OCR) and the web chat page's browser test (chromium).
+# Debian tools used by the agent's tools (text-to-speech, OCR, bubblewrap for the Python sandbox's namespaces) and
+# the web chat page's browser test (chromium).
 system-deps:
-	@command -v espeak-ng >/dev/null && command -v tesseract >/dev/null && test -x /usr/bin/chromium || \
-	  (apt-get update -qq && apt-get install -y -qq espeak-ng tesseract-ocr chromium >/dev/null)
+	@command -v espeak-ng >/dev/null && command -v tesseract >/dev/null && command -v bwrap >/dev/null && \
+	  test -x /usr/bin/chromium || \
+	  (apt-get update -qq && apt-get install -y -qq espeak-ng tesseract-ocr bubblewrap chromium >/dev/null)
 
 $(STAMP): pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)

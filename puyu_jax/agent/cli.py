@@ -2,6 +2,7 @@
 
     puyu agent "question" --tools python,calculator --llm URL|MODEL [--protocol react|internlm2|openai]
     puyu tools serve --tools python,calculator --host 127.0.0.1 --port 8765 [--api-key KEY]
+    (both take --unsafe-sandbox: run the Python tool without namespaces where bubblewrap cannot run; loud)
     puyu tools list [--tools ...] [--json]
 """
 
@@ -24,7 +25,13 @@ def _agent_overrides(args) -> list[str]:
         out.append(("tools", [t.strip() for t in args.tools.split(",") if t.strip()]))
     if args.remote:
         out.append(("remote_tools", list(args.remote)))
+    if args.unsafe_sandbox:
+        out.append(("sandbox.unsafe", True))
     return out
+
+
+UNSAFE_WARNING = ("WARNING: --unsafe-sandbox: model-written Python runs WITHOUT namespaces; it can read every file, "
+                  "process environment and /proc entry this user can (API keys included)")
 
 
 def _print_event(console, event) -> None:
@@ -52,9 +59,12 @@ def _cmd_agent(args) -> int:
 
     from puyu_jax.agent.config import AgentConfig, build_agent
     from puyu_jax.agent.core import stream
+    from puyu_jax.agent.tools import SandboxUnavailable
     from puyu_jax.config import load_config, save_run_config
 
     cfg = load_config(AgentConfig, args.config, _agent_overrides(args) + list(args.overrides))
+    if cfg.sandbox.unsafe:
+        print(UNSAFE_WARNING, file=sys.stderr)
     if args.out:
         save_run_config(cfg, args.out)
     console = Console(stderr=False, highlight=False)
@@ -62,7 +72,7 @@ def _cmd_agent(args) -> int:
                   f"{' remote=' + ','.join(cfg.remote_tools) if cfg.remote_tools else ''}[/dim]")
     try:
         llm, tools, protocol = build_agent(cfg)
-    except ValueError as e:  # e.g. a tool that needs set-up it was not given
+    except (ValueError, SandboxUnavailable) as e:  # e.g. a tool that needs set-up it was not given
         print(f"puyu: error: {e}", file=sys.stderr)
         return 2
     console.print(f"[bold]question:[/bold] {args.question}")
@@ -83,11 +93,13 @@ def _cmd_agent(args) -> int:
 
 def _cmd_tools_serve(args) -> int:
     from puyu_jax.agent.server import serve
-    from puyu_jax.agent.tools import load_tools
+    from puyu_jax.agent.tools import SandboxLimits, SandboxUnavailable, load_tools
 
+    if args.unsafe_sandbox:
+        print(UNSAFE_WARNING, file=sys.stderr)
     try:
-        tools = load_tools(args.tools, search_dir=args.search_dir)
-    except ValueError as e:
+        tools = load_tools(args.tools, search_dir=args.search_dir, limits=SandboxLimits(unsafe=args.unsafe_sandbox))
+    except (ValueError, SandboxUnavailable) as e:
         print(f"puyu: error: {e}", file=sys.stderr)
         return 2
     print(f"serving {', '.join(t.spec.name for t in tools)} on http://{args.host}:{args.port}"
@@ -97,7 +109,7 @@ def _cmd_tools_serve(args) -> int:
 
 
 def _cmd_tools_list(args) -> int:
-    from puyu_jax.agent.tools import TOOL_NAMES, load_tools
+    from puyu_jax.agent.tools import TOOL_NAMES, SandboxUnavailable, load_tools
 
     if args.url:
         from puyu_jax.agent.remote import RemoteTool
@@ -107,7 +119,7 @@ def _cmd_tools_list(args) -> int:
         names = args.tools or ",".join(n for n in TOOL_NAMES if n not in ("search", "python_session"))
         try:
             tools = load_tools(names, search_dir=args.search_dir)
-        except ValueError as e:
+        except (ValueError, SandboxUnavailable) as e:
             print(f"puyu: error: {e}", file=sys.stderr)
             return 2
     if args.json:
@@ -153,6 +165,9 @@ def add_parser(subparsers) -> None:
     ag.add_argument("-t", "--temperature", type=float)
     ag.add_argument("--config", help="an AgentConfig YAML to start from (see configs/agent/)")
     ag.add_argument("--out", help="write config.yaml, config.hash and trajectory.json here")
+    ag.add_argument("--unsafe-sandbox", action="store_true",
+                    help="run the Python tool without Linux namespaces where bubblewrap cannot run (the code can then "
+                         "read what this user can; same as sandbox.unsafe=true)")
     ag.add_argument("overrides", nargs="*", help="key=value config overrides")
     ag.set_defaults(fn=_cmd_agent)
 
@@ -164,6 +179,9 @@ def add_parser(subparsers) -> None:
     sv.add_argument("--port", type=int, default=8765)
     sv.add_argument("--api-key", help="require this key (Authorization: Bearer KEY or X-API-Key)")
     sv.add_argument("--search-dir", help="folder of documents for the search tool")
+    sv.add_argument("--unsafe-sandbox", action="store_true",
+                    help="run the Python tool without Linux namespaces where bubblewrap cannot run (the code can then "
+                         "read what this user can)")
     sv.set_defaults(fn=_cmd_tools_serve)
     ls = tsub.add_parser("list", help="list tools with their typed parameters and returns")
     ls.add_argument("--tools", help="comma-separated tool names (default: all that need no set-up)")

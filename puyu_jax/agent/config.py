@@ -62,7 +62,8 @@ def build_agent(cfg: AgentConfig):
     """(llm, tools, protocol) for a config; loads the model or connects to the server."""
     from puyu_jax.agent.llm import make_llm
 
+    tools = build_tools(cfg)  # first: a tool that cannot run here fails before a model is loaded
     llm = make_llm(cfg.llm, model=cfg.model, api_key=cfg.api_key, template=cfg.template or None,
                    sampling=cfg.sampling, dtype=cfg.dtype)
     protocol: Protocol = get_protocol(cfg.protocol)
-    return llm, build_tools(cfg), protocol
+    return llm, tools, protocol

@@ -8,12 +8,14 @@ from puyu_jax.agent.tool import Tool
 from puyu_jax.agent.tools.calculator import Calculator, calculate
 from puyu_jax.agent.tools.media import OCR, ImageCrop, ImageDrawBox, ImageInfo, ImageResize, TextToSpeech
 from puyu_jax.agent.tools.python import PythonInterpreter
-from puyu_jax.agent.tools.sandbox import CellResult, Sandbox, SandboxLimits, run_code
+from puyu_jax.agent.tools.sandbox import (CellResult, Sandbox, SandboxLimits, SandboxUnavailable, check_sandbox,
+                                          run_code)
 from puyu_jax.agent.tools.search import DocumentSearch
 
 __all__ = [
     "Calculator", "calculate", "OCR", "ImageCrop", "ImageDrawBox", "ImageInfo", "ImageResize", "TextToSpeech",
-    "PythonInterpreter", "CellResult", "Sandbox", "SandboxLimits", "run_code", "DocumentSearch",
+    "PythonInterpreter", "CellResult", "Sandbox", "SandboxLimits", "SandboxUnavailable", "check_sandbox", "run_code",
+    "DocumentSearch",
     "TOOL_NAMES", "load_tools",
 ]
 

@@ -1,7 +1,9 @@
-"""The sandboxed child: a REPL loop speaking JSON lines, run as `python -I -B _sandbox_child.py LIMITS`.
+"""The sandboxed child: a REPL loop speaking JSON lines, run as `python -I -S -B _sandbox_child.py LIMITS`.
 
 Standalone on purpose (only the standard library, no puyu_jax import): it is started in a
-fresh interpreter whose working directory is the sandbox's temporary directory.
+fresh interpreter whose working directory is the sandbox's temporary directory. `-S` skips the
+`site` module; the child adds the site-packages directories the host names in LIMITS (those of
+the host's environment, bound read-only into the sandbox) and the `exit`/`help` builtins itself.
 
 Protocol: one request per stdin line, `{"code": "..."}`; one reply per line on the original
 stdout, `{"stdout": str, "result": str | null, "error": str | null, "truncated": bool}`.
@@ -10,7 +12,7 @@ last expression (as a notebook shows it). User code's stdout/stderr go to a capp
 the process's own fds 1 and 2 point at /dev/null so raw writes cannot corrupt the replies.
 
 Limits set here before any user code runs (OS-enforced): RLIMIT_AS (memory), RLIMIT_CPU,
-RLIMIT_FSIZE, RLIMIT_NPROC (non-root only: root is exempt from it), RLIMIT_CORE=0.
+RLIMIT_FSIZE, RLIMIT_NPROC (not for uid 0, which is exempt from it), RLIMIT_CORE=0.
 Then an audit hook (interpreter-enforced, best effort: ctypes or C extensions can get round it)
 refuses sockets, process creation, signals to other processes, raising rlimits, and any
 write/create/delete/rename/chmod outside the working directory.
@@ -21,11 +23,31 @@ import io
 import json
 import os
 import resource
+import site
 import sys
+import threading
 import traceback
 
 LIMITS = json.loads(sys.argv[1])
 ROOT = os.path.realpath(os.getcwd())
+
+
+def _set_path() -> None:
+    for d in LIMITS.get("site_dirs", ()):
+        site.addsitedir(d)
+    site.setquit()
+    site.setcopyright()
+    site.sethelper()
+
+
+def _watch_lifeline(fd: int) -> None:
+    """Exits the process when the host's end of the lifeline pipe closes (the host died or closed the sandbox)."""
+    try:
+        while os.read(fd, 1):
+            pass
+    except OSError:
+        pass
+    os._exit(1)
 
 
 def _set_limits() -> None:
@@ -141,6 +163,9 @@ def main() -> None:
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     sys.stdin = open(os.devnull)
+    if LIMITS.get("lifeline_fd") is not None:
+        threading.Thread(target=_watch_lifeline, args=(LIMITS["lifeline_fd"],), daemon=True).start()
+    _set_path()
     _set_limits()
     sys.addaudithook(_hook)
     namespace: dict = {"__name__": "__main__", "__builtins__": __builtins__}

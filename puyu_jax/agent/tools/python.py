@@ -6,7 +6,7 @@ import threading
 from typing import Annotated
 
 from puyu_jax.agent.tool import Tool
-from puyu_jax.agent.tools.sandbox import Sandbox, SandboxLimits, run_code
+from puyu_jax.agent.tools.sandbox import Sandbox, SandboxLimits, check_sandbox, run_code
 
 __all__ = ["PythonInterpreter"]
 
@@ -17,6 +17,8 @@ class PythonInterpreter(Tool):
     Args:
       limits: time, memory, CPU, file-size and output limits of every run.
       stateful: keep one interpreter across calls (a notebook session) instead of a fresh one each call.
+
+    Raises `SandboxUnavailable` at once where the namespaced sandbox cannot run (unless `limits.unsafe`).
     """
 
     name = "python"
@@ -27,6 +29,7 @@ class PythonInterpreter(Tool):
     )
 
     def __init__(self, limits: SandboxLimits = SandboxLimits(), stateful: bool = False):
+        check_sandbox(limits)
         self.limits = limits
         self.stateful = stateful
         self._session: Sandbox | None = None
