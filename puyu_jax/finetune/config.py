@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from puyu_jax.finetune.formats import FORMATS
 from puyu_jax.finetune.lora import LoRAConfig
@@ -43,6 +44,10 @@ class SFTDataConfig:
 @dataclass(frozen=True)
 class FinetuneConfig:
     """A finetuning run: a pretrained model, chat data, a mode (full / lora / qlora)."""
+
+    # what the run's checkpoints depend on: `--resume` refuses a config that changes one of these
+    CHECKPOINT_KEYS: ClassVar[tuple[str, ...]] = ("model", "mode", "lora.rank", "lora.targets", "lora.nf4_block",
+                                                  "lora.nf4_scale_block")
 
     model: str = "smollm2"  # any `load_pretrained` source
     mode: str = "lora"

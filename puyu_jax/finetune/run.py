@@ -75,8 +75,10 @@ def train_config(cfg: FinetuneConfig, model_cfg) -> TrainConfig:
 
 def finetune(cfg: FinetuneConfig, *, resume: bool = False, console=None, devices=None) -> dict:
     """Runs (or resumes) a finetuning run; returns the loop's summary plus data statistics."""
-    from puyu_jax.train.loop import train
+    from puyu_jax.train.loop import check_resume_config, train
 
+    if resume:  # before the base model loads and anything in out_dir is rewritten
+        check_resume_config(cfg.out_dir, cfg)
     pre, tok = load_model(cfg)
     rows, stats, template = build_data(cfg, tok, pre.cfg.chat_template)
     base = {k: np.asarray(v) for k, v in to_flat(pre.model).items()}

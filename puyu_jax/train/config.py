@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from puyu_jax.models.config import ModelConfig
 from puyu_jax.parallel.sharding import ParallelConfig
@@ -67,6 +68,12 @@ class CheckpointConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    # what a checkpoint's arrays depend on: `--resume` refuses a config that changes one of these
+    CHECKPOINT_KEYS: ClassVar[tuple[str, ...]] = (
+        "model.family", "model.vocab_size", "model.hidden_size", "model.intermediate_size", "model.num_layers",
+        "model.num_heads", "model.num_kv_heads", "model.head_dim", "model.qkv_bias", "model.o_bias",
+        "model.tie_word_embeddings")
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

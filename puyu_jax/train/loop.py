@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sys
 import time
@@ -11,8 +12,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import yaml
 
-from puyu_jax.config import config_hash, save_run_config
+from puyu_jax.checkpoint import flatten
+from puyu_jax.config import ConfigError, config_hash, save_run_config, to_yaml
 from puyu_jax.data.loader import loader_state, restore_loader
 from puyu_jax.train.config import TrainConfig
 from puyu_jax.train.metrics import MetricsWriter, device_peak_flops
@@ -40,11 +43,84 @@ def make_data(cfg: TrainConfig, run_dir: Path):
     return text_loader(windows, cfg.batch_size, cfg.data.seed, pi, pc), tok
 
 
+def _checkpoint_dir(cfg: TrainConfig, run_dir: Path) -> Path:
+    return (Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir / "checkpoints").resolve()
+
+
 def _checkpoint_manager(cfg: TrainConfig, run_dir: Path) -> ocp.CheckpointManager:
-    directory = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir / "checkpoints"
     options = ocp.CheckpointManagerOptions(max_to_keep=cfg.checkpoint.keep,
                                            enable_async_checkpointing=cfg.checkpoint.async_save)
-    return ocp.CheckpointManager(directory.resolve(), options=options)
+    return ocp.CheckpointManager(_checkpoint_dir(cfg, run_dir), options=options)
+
+
+def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def check_resume_config(run_dir: str | Path, run_config) -> None:
+    """Refuses a resume whose config differs from the run's saved one in what its checkpoints depend on.
+
+    Compares `run_dir/config.yaml` with `run_config` on the keys (or key prefixes) of
+    `type(run_config).CHECKPOINT_KEYS` (model shapes, the base model): a checkpoint of one shape
+    cannot be restored into another. Reads nothing but config.yaml; writes nothing.
+
+    Raises:
+      ConfigError: one line naming each differing key with its saved and new value.
+    """
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():  # nothing saved to compare with (a fresh run, or checkpoints from elsewhere)
+        return
+    try:
+        old = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"--resume: cannot read the run's {path}: {e}") from None
+    old = {k.replace("/", "."): v for k, v in flatten(old).items()} if isinstance(old, dict) else {}
+    new = {k.replace("/", "."): v for k, v in flatten(yaml.safe_load(to_yaml(run_config))).items()}
+    keys = getattr(type(run_config), "CHECKPOINT_KEYS", ("model",))
+    missing = "<unset>"
+    diff = [k for k in sorted(set(old) | set(new)) if _matches(k, keys) and old.get(k, missing) != new.get(k, missing)]
+    if diff:
+        changes = ", ".join(f"{k}: {old.get(k, missing)!r} -> {new.get(k, missing)!r}" for k in diff)
+        raise ConfigError(f"--resume: the checkpoints in {run_dir} cannot take this config ({changes}); resume with "
+                          f"the run's own config.yaml, or start a new out_dir")
+
+
+def _restore_latest_intact(mngr: ocp.CheckpointManager, trainer: Trainer, ckpt_dir: Path, console):
+    """Restores the newest checkpoint that reads back whole; (step, restored). Damaged newer ones are moved aside.
+
+    A checkpoint is damaged when any of its files fails to read (truncated, corrupt); orbax's own
+    temporary directories (a save cut short) are never listed as steps in the first place.
+    """
+    steps = sorted(mngr.all_steps(), reverse=True)
+    damaged: list[tuple[int, str]] = []
+    for step in steps:
+        try:
+            restored = mngr.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(trainer.abstract_state()),
+                data=ocp.args.JsonRestore(),
+                meta=ocp.args.JsonRestore(),
+            ))
+        except Exception as e:  # orbax / tensorstore / json raise many types for a damaged file
+            damaged.append((step, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"))
+            continue
+        if damaged:
+            aside = ckpt_dir.with_name(ckpt_dir.name + ".damaged")
+            if jax.process_index() == 0:
+                aside.mkdir(parents=True, exist_ok=True)
+                for bad, _ in damaged:
+                    target = aside / str(bad)
+                    if target.exists():
+                        target = aside / f"{bad}.{int(time.time())}"
+                    shutil.move(str(ckpt_dir / str(bad)), target)
+            mngr.reload()
+            lost = f"step {step + 1}" if damaged[0][0] == step + 1 else f"steps {step + 1}-{damaged[0][0]}"
+            for bad, why in damaged:
+                _say(console, f"warning: checkpoint {bad} in {ckpt_dir} is unreadable ({why}); moved to {aside}")
+            _say(console, f"warning: resuming from step {step}, the newest intact checkpoint: training progress "
+                          f"of {lost} was lost and is trained again")
+        return step, restored
+    raise ConfigError(f"--resume: no checkpoint in {ckpt_dir} reads back whole: "
+                       + "; ".join(f"step {s}: {why}" for s, why in damaged))
 
 
 def _global_batch(trainer: Trainer, host_batch: dict) -> dict:
@@ -73,20 +149,17 @@ def train(cfg: TrainConfig, *, resume: bool = False, console=None, devices=None,
     `run_config` the config saved (and hashed) in the run directory instead of `cfg`.
     """
     run_dir = Path(cfg.out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     saved = cfg if run_config is None else run_config
+    if resume:  # before anything in the run directory is written or read
+        check_resume_config(run_dir, saved)
+    run_dir.mkdir(parents=True, exist_ok=True)
     chash = save_run_config(saved, run_dir) if jax.process_index() == 0 else config_hash(saved)
     it = data if data is not None else make_data(cfg, run_dir)[0]
     trainer = Trainer.create(cfg, devices, adapter=adapter)
     mngr = _checkpoint_manager(cfg, run_dir)
     start = 0
     if resume and mngr.latest_step() is not None:
-        start = mngr.latest_step()
-        restored = mngr.restore(start, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(trainer.abstract_state()),
-            data=ocp.args.JsonRestore(),
-            meta=ocp.args.JsonRestore(),
-        ))
+        start, restored = _restore_latest_intact(mngr, trainer, _checkpoint_dir(cfg, run_dir), console)
         state = restored.state
         restore_loader(it, restored.data)
         if restored.meta.get("config_hash") != chash:

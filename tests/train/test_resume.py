@@ -94,3 +94,68 @@ def test_restore_onto_a_smaller_mesh(tmp_path):
     a, b = _losses(tmp_path / "ref"), _losses(tmp_path / "r")
     np.testing.assert_allclose([b[s] for s in range(1, 7)], [a[s] for s in range(1, 7)], atol=1e-5)
     assert ref["step"] == out["step"] == 6
+
+
+def _tiny(out_dir, *extra):
+    return load_config(TrainConfig, REPO / "configs/pretrain/tiny-shakespeare.yaml",
+                       TINY_RUN + ["steps=6", "checkpoint.every=3", "checkpoint.keep=3", "checkpoint.async_save=false",
+                                   f"out_dir={out_dir}", *extra])
+
+
+def _tree(path: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.rglob("*"))}
+
+
+def test_resume_with_another_model_shape_fails_before_touching_anything(tmp_path, monkeypatch, capsys):
+    from puyu_jax import cli
+    from puyu_jax.config import ConfigError
+    from puyu_jax.train import loop
+
+    run = tmp_path / "run"
+    train(_tiny(run, "steps=3"))
+    before = _tree(run)
+    saved = (run / "config.yaml").read_bytes(), (run / "config.hash").read_bytes()
+
+    def no_checkpoint_access(*a, **k):
+        raise AssertionError("the checkpoint manager must not be opened")
+
+    monkeypatch.setattr(loop, "_checkpoint_manager", no_checkpoint_access)
+    with pytest.raises(ConfigError) as e:
+        train(_tiny(run, "model.num_layers=3", "model.hidden_size=96"), resume=True)
+    msg = str(e.value)
+    assert "\n" not in msg and "model.hidden_size: 64 -> 96" in msg and "model.num_layers: 2 -> 3" in msg, msg
+    assert "steps" not in msg  # only the keys the checkpoint cannot take
+    capsys.readouterr()
+    rc = cli.main(["train", str(REPO / "configs/pretrain/tiny-shakespeare.yaml"), *TINY_RUN, f"out_dir={run}",
+                   "model.vocab_size=1024", "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "model.vocab_size: 512 -> 1024" in err, err
+    assert ((run / "config.yaml").read_bytes(), (run / "config.hash").read_bytes()) == saved
+    assert _tree(run) == before  # nothing in the run directory was written
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, capsys):
+    from puyu_jax.config import ConfigError
+
+    run = tmp_path / "run"
+    train(_tiny(run))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["3", "6"]
+    first = _losses(run)
+    # a disk that lost the tail of the latest checkpoint's largest file
+    big = max((p for p in (run / "checkpoints" / "6").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    big.write_bytes(big.read_bytes()[: big.stat().st_size // 2])
+    capsys.readouterr()
+    out = train(_tiny(run, "steps=8"), resume=True)
+    err = capsys.readouterr().err
+    assert out["start_step"] == 3 and out["step"] == 8
+    assert "checkpoint 6" in err and "unreadable" in err and "steps 4-6" in err and "lost" in err, err
+    assert (run / "checkpoints.damaged" / "6").is_dir()  # kept for inspection, out of the manager's way
+    again = _losses(run)  # steps 4-6 re-logged by the resumed run
+    assert [again[s] for s in range(1, 7)] == [first[s] for s in range(1, 7)]  # trained again, bit for bit
+    # every checkpoint damaged: a clear error naming them, not a crash deep in orbax
+    steps = sorted((p.name for p in (run / "checkpoints").iterdir()), key=int)
+    assert steps == ["3", "6", "8"]
+    for step in steps:
+        (run / "checkpoints" / step / "data" / "metadata").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"no checkpoint .* reads back whole: step 8: .*; step 6: .*; step 3: "):
+        train(_tiny(run, "steps=9"), resume=True)
