@@ -61,6 +61,9 @@ def _cmd_process(args) -> int:
         f"{sum(r['malformed'].values())} malformed) in {t['seconds']:.1f} s "
         f"({t['docs_per_s']:.0f} docs/s, {t['mb_per_s']:.2f} MB/s); report: {cfg.output.dir}/report.md"
     )
+    for d in r["damaged_inputs"]:
+        print(f"warning: damaged input {d['file']}: {d['reason']} after {d['records_read']} record(s) ({d['error']})",
+              file=sys.stderr)
     return 0
 
 

@@ -59,7 +59,12 @@ class NormalizeConfig:
 
 @dataclass(frozen=True)
 class LangIdConfig:
-    """py3langid (its model ships inside the wheel); keep documents whose language is listed."""
+    """py3langid (its model ships inside the wheel); keep documents whose language is listed.
+
+    `zh` stands for every Chinese variety (Cantonese yue, Wu wuu, literary lzh, ...; traditional
+    or simplified script): documents get the macro-language in ``lang`` and the variety in
+    ``lang_variety``; `min_score` applies to the macro-language's summed probability.
+    """
 
     keep: tuple[str, ...] = ("en", "zh")
     min_score: float = 0.4  # normalized probability of the top language
@@ -75,6 +80,7 @@ class RulesConfig:
     """
 
     min_words: int = 50
+    min_cjk_chars: int = 8  # min_words for CJK text (one word per character): short classical texts are whole
     max_words: int = 100_000
     min_mean_word_len: float = 3.0  # skipped for CJK text
     max_mean_word_len: float = 10.0
@@ -82,7 +88,7 @@ class RulesConfig:
     max_bullet_lines_frac: float = 0.9
     max_ellipsis_lines_frac: float = 0.3
     min_alpha_words_frac: float = 0.8
-    min_stop_words: int = 2
+    min_stop_words: int = 2  # alphabetic text only (Gopher); not applied to CJK text
     max_dup_line_frac: float = 0.3
     max_dup_para_frac: float = 0.3
     max_dup_line_char_frac: float = 0.2

@@ -3,6 +3,11 @@
 A raw item is ``(kind, source, index, payload)``; `parse_item` turns it into a document
 dict (``id``, ``source``, ``text`` or ``html``) or a malformed-record reason. Reading
 (cheap) happens in the driver; parsing happens in the workers.
+
+A file that breaks mid-way keeps the records read before the break and adds one item
+for the break: ``damaged_file`` when a compressed stream ends early (a truncated .gz or
+.zst), ``unreadable_file`` for any other read error; its index is the number of records
+read from that file before the damage.
 """
 
 from __future__ import annotations
@@ -60,48 +65,111 @@ def file_format(path: Path, fmt: str = "auto") -> str:
     return "text"
 
 
+class _ZstdReader(io.RawIOBase):
+    """The decompressed bytes of a .zst file (every frame in it).
+
+    Raises EOFError when the file ends inside a frame (truncated), like `gzip` does;
+    zstandard's own stream reader just stops there without a word.
+    """
+
+    def __init__(self, path: Path):
+        import zstandard
+
+        self._file = open(path, "rb")
+        self._dctx = zstandard.ZstdDecompressor()
+        self._obj = self._dctx.decompressobj()
+        self._out = bytearray()
+        self._in_frame = False
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._out and not self._done:
+            chunk = self._file.read(1 << 17)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("Compressed file ended before the end of its zstd frame was reached")
+                self._done = True
+                break
+            while chunk:
+                self._in_frame = True
+                self._out += self._obj.decompress(chunk)
+                chunk = b""
+                if self._obj.eof:  # a frame ended: the next one (if any) starts in its unused data
+                    chunk = self._obj.unused_data
+                    self._obj = self._dctx.decompressobj()
+                    self._in_frame = False
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        del self._out[:n]
+        return n
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
 def open_binary(path: Path) -> io.BufferedIOBase:
-    """Open a file for reading bytes, decompressing .gz and .zst transparently."""
+    """Open a file for reading bytes, decompressing .gz and .zst transparently.
+
+    A truncated .gz or .zst raises EOFError when the read reaches the damage.
+    """
     name = path.name.lower()
     if name.endswith(".gz"):
         return gzip.open(path, "rb")
     if name.endswith((".zst", ".zstd")):
-        import zstandard
-
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
+        return io.BufferedReader(_ZstdReader(path), buffer_size=1 << 17)
     return open(path, "rb")
 
 
 def iter_items(cfg: InputConfig, files: list[Path]) -> Iterator[Item]:
-    """Raw items of all files in order. A file that fails mid-way yields a ``broken`` item."""
+    """Raw items of all files in order. A file that fails mid-way yields a ``damaged`` or ``broken`` item
+    (indexed by the number of records read from it before the failure) after the records it gave."""
     for path in files:
         fmt = file_format(path, cfg.format)
         src = str(path)
-        i = -1
+        n = 0  # records yielded from this file
         try:
-            if fmt == "jsonl":
-                with open_binary(path) as f:
-                    for i, line in enumerate(f):
-                        if line.strip():
-                            yield ("jsonl", src, i, line)
-            elif fmt == "parquet":
-                import pyarrow.parquet as pq
+            for item in _file_items(path, src, fmt, cfg.text_split):
+                yield item
+                n += 1
+        except EOFError as e:  # a compressed stream cut short
+            yield ("damaged", src, n, f"{type(e).__name__}: {e}")
+        except Exception as e:  # corrupt archive, unreadable parquet, I/O error
+            yield ("broken", src, n, f"{type(e).__name__}: {e}")
 
-                pf = pq.ParquetFile(path)
-                i = 0
-                for batch in pf.iter_batches(batch_size=1024):
-                    for row in batch.to_pylist():
-                        yield ("record", src, i, row)
-                        i += 1
-            elif fmt == "html":
-                with open_binary(path) as f:
-                    yield ("html", src, 0, f.read())
-            else:
-                with open_binary(path) as f:
-                    data = f.read()
-                yield from _text_items(src, data, cfg.text_split)
-        except Exception as e:  # corrupt archive, truncated file, unreadable parquet
-            yield ("broken", src, i + 1, f"{type(e).__name__}: {e}")
+
+def _file_items(path: Path, src: str, fmt: str, text_split: str) -> Iterator[Item]:
+    if fmt == "jsonl":
+        with open_binary(path) as f:
+            for i, line in enumerate(f):
+                if line.strip():
+                    yield ("jsonl", src, i, line)
+    elif fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        i = 0
+        for batch in pf.iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                yield ("record", src, i, row)
+                i += 1
+    elif fmt == "html":
+        with open_binary(path) as f:
+            yield ("html", src, 0, f.read())
+    else:
+        data, damage = bytearray(), None
+        with open_binary(path) as f:
+            try:
+                while chunk := f.read1(1 << 16):  # read1: what decompresses before the damage comes back first
+                    data += chunk
+            except EOFError as e:  # keep the documents before the damage, then report it
+                damage = e
+        yield from _text_items(src, bytes(data), text_split)
+        if damage is not None:
+            raise damage
 
 
 def _text_items(src: str, data: bytes, split: str) -> Iterator[Item]:
@@ -161,6 +229,8 @@ def parse_item(item: Item, cfg: InputConfig) -> tuple[dict | None, str | None]:
     """(document, None) or (None, malformed reason). Never raises on bad input."""
     kind, src, idx, payload = item
     base_id = f"{Path(src).name}:{idx}"
+    if kind == "damaged":
+        return None, "damaged_file"
     if kind == "broken":
         return None, "unreadable_file"
     if kind in ("text", "html"):

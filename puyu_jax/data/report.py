@@ -52,6 +52,10 @@ def build_report(cfg: ProcessConfig, files: list[Path], entries: list[dict], sha
         "chars_before": int(sum(before)),
         "chars_after": int(sum(after)),
         "languages": dict(sorted(langs.items())),
+        # files that broke mid-way: the records before the damage were read (and counted) as usual
+        "damaged_inputs": [{"file": e["source"], "records_read": e["index"], "reason": e["reason"], "error": e["raw"]}
+                           for e in entries if e["kind"] == "malformed"
+                           and e["reason"] in ("damaged_file", "unreadable_file")],
         "pii_masked": dict(sorted(pii.items())),
         "line_dedup": line_stats,
         "length_hist": {"bins": HIST_BINS[:-1], "before": _hist(before), "after": _hist(after)},
@@ -81,6 +85,11 @@ def report_markdown(r: dict) -> str:
         f"- languages kept: {', '.join(f'{k} {v}' for k, v in r['languages'].items()) or '-'}",
         f"- PII masked: {', '.join(f'{k} {v}' for k, v in r['pii_masked'].items()) or 'none'}",
         f"- boilerplate lines: {r['line_dedup']['boilerplate_lines']}, removed {r['line_dedup']['lines_removed']} times",
+    ]
+    for d in r.get("damaged_inputs", []):
+        lines.append(f"- **damaged input** `{d['file']}`: {d['reason']} after {d['records_read']} record(s) "
+                     f"({d['error']})")
+    lines += [
         "",
         "## Drops by stage",
         "",

@@ -88,17 +88,46 @@ def _identifier():
     return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
 
 
-def detect_language(text: str, max_chars: int = 2000) -> tuple[str, float]:
-    """(ISO 639-1 code, normalized probability) from py3langid's shipped model."""
-    lang, score = _identifier().classify(text[:max_chars])
-    return lang, float(score)
+#: Chinese languages and varieties (ISO 639-3, BCP 47 and common tags): one macro-language `zh`.
+#: Literary Chinese (lzh), Cantonese (yue), Wu (wuu), Min, Hakka, Gan, Xiang ... written in Han characters,
+#: simplified or traditional, are all kept where `zh` is kept.
+CHINESE = frozenset({
+    "zh", "zho", "chi", "cmn", "lzh", "och", "ltc", "yue", "wuu", "gan", "hak", "hsn", "nan", "cdo", "cjy", "cpx", "czh",
+    "czo", "mnp", "zh-hans", "zh-hant", "zh-cn", "zh-tw", "zh-hk", "zh-mo", "zh-sg", "zh-yue", "zh-classical",
+    "zh-min-nan", "zh-wuu",
+})
+
+
+def macro_language(code: str) -> str:
+    """The macro-language of a language code: every Chinese variety is ``zh``; others as given (lower case)."""
+    c = code.strip().lower().replace("_", "-")
+    return "zh" if c in CHINESE or c.startswith(("zh-", "cmn-", "yue-", "lzh-")) else c
+
+
+def detect_language(text: str, max_chars: int = 2000) -> tuple[str, float, str]:
+    """(macro-language, its probability, the most likely variety) from py3langid's shipped model.
+
+    The macro-language's probability sums its varieties: a Tang poem that the model splits
+    between zh, yue (Cantonese) and wuu (Wu) is confidently Chinese.
+    """
+    ranked = _identifier().rank(text[:max_chars])
+    totals: dict[str, float] = {}
+    for code, p in ranked:
+        m = macro_language(code)
+        totals[m] = totals.get(m, 0.0) + float(p)
+    lang = max(totals, key=totals.get)
+    variety = next(code for code, _ in ranked if macro_language(code) == lang)
+    return lang, totals[lang], variety
 
 
 def langid(doc: dict, cfg: LangIdConfig) -> str | None:
-    """Set ``doc["lang"]`` / ``doc["lang_score"]``; drop languages outside `cfg.keep`."""
-    lang, score = detect_language(doc["text"], cfg.max_chars)
+    """Set ``doc["lang"]`` (macro-language) / ``doc["lang_score"]`` (and ``doc["lang_variety"]`` when it differs,
+    e.g. ``yue``); drop languages outside `cfg.keep` (where ``zh`` keeps every Chinese variety)."""
+    lang, score, variety = detect_language(doc["text"], cfg.max_chars)
     doc["lang"], doc["lang_score"] = lang, round(score, 4)
-    if cfg.keep and lang not in cfg.keep:
+    if variety != lang:
+        doc["lang_variety"] = variety
+    if cfg.keep and lang not in {macro_language(k) for k in cfg.keep} and variety not in cfg.keep:
         return f"lang_{lang}"
     if score < cfg.min_score:
         return "low_lang_score"
@@ -108,10 +137,9 @@ def langid(doc: dict, cfg: LangIdConfig) -> str | None:
 # ---------------------------------------------------------------------------
 # rule filters (Gopher quality + repetition, C4)
 
-STOP_WORDS = frozenset(
-    "the be to of and that have with a in is it for on as was are this you not but".split()
-    + list("的了是在不和有我他这之也而以其者乎人一")
-)
+# Gopher's stop-word rule is for alphabetic text: Chinese (above all classical prose and poetry) has no
+# function words every document must contain, so the rule is skipped for CJK text.
+STOP_WORDS = frozenset("the be to of and that have with a in is it for on as was are this you not but".split())
 BULLETS = ("•", "●", "○", "■", "□", "▪", "▫", "‣", "⁃", "◦", "-", "*", "·")
 ELLIPSES = ("...", "…")
 TERMINAL_PUNCT = (".", "!", "?", '"', "'", "”", "’", "。", "！", "？", "」", "』", "”", ")", "）", "：", ":")
@@ -122,11 +150,13 @@ def rule_filter(doc: dict, cfg: RulesConfig) -> str | None:
     text = doc["text"]
     ws = T.words(text)
     n = len(ws)
-    if cfg.min_words and n < cfg.min_words:
+    cjk = T.cjk_fraction(ws) > 0.3
+    # every CJK character is a word: a quatrain is 20-28, a saying of the Analects often under 20
+    min_words = cfg.min_cjk_chars if cjk else cfg.min_words
+    if min_words and n < min_words:
         return "too_few_words"
     if cfg.max_words and n > cfg.max_words:
         return "too_many_words"
-    cjk = T.cjk_fraction(ws) > 0.3
     if not cjk:
         mean_len = sum(map(len, ws)) / n
         if cfg.min_mean_word_len and mean_len < cfg.min_mean_word_len:
@@ -146,7 +176,7 @@ def rule_filter(doc: dict, cfg: RulesConfig) -> str | None:
         alpha = sum(1 for w in ws if not w.isdigit())
         if alpha / n < cfg.min_alpha_words_frac:
             return "alpha_words_frac"
-    if cfg.min_stop_words:
+    if cfg.min_stop_words and not cjk:
         present = {w.lower() for w in ws} & STOP_WORDS
         if len(present) < cfg.min_stop_words:
             return "stop_words"
@@ -168,6 +198,10 @@ def rule_filter(doc: dict, cfg: RulesConfig) -> str | None:
         return "dup_paragraphs"
     if cfg.max_dup_para_char_frac and para_chars > cfg.max_dup_para_char_frac:
         return "dup_paragraph_chars"
+    if n < cfg.min_words:
+        # n-gram repetition fractions are defined on Gopher-length texts (min_words): on a 20-character quatrain
+        # or saying one repeated phrase is a large fraction. Only short CJK texts get here.
+        return None
     ids = T.word_ids(ws)
     wlen = np.fromiter(map(len, ws), dtype=np.int64, count=n)
     scale = cfg.cjk_ngram_scale if cjk else 1

@@ -3,6 +3,7 @@ all input formats, reports written, reruns byte-identical, Chinese text kept."""
 
 import gzip
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -47,8 +48,9 @@ def test_every_record_is_accounted_for(mixed_inputs, tmp_path):
     kept = list(read_docs(out))
     dropped = _dropped(out)
     assert r["input_records"] == r["kept"] + r["dropped"] == len(kept) + len(dropped)
-    assert r["malformed"] == {"bad_json": 1, "bad_utf8": 1, "missing_text": 1, "not_an_object": 1,
-                              "text_not_a_string": 1, "unreadable_file": 1}
+    assert r["malformed"] == {"bad_json": 1, "bad_utf8": 1, "damaged_file": 1, "missing_text": 1, "not_an_object": 1,
+                              "text_not_a_string": 1}
+    assert [(Path(d["file"]).name, d["reason"]) for d in r["damaged_inputs"]] == [("f.jsonl.gz", "damaged_file")]
     assert all(d["stage"] and d["reason"] for d in dropped)
     # the first copy of the truncated file's docs (a.jsonl.gz) is kept; its re-reads are exact dups
     assert any(d["reason"] == "exact_duplicate" for d in dropped)
@@ -100,3 +102,40 @@ def test_pii_is_masked_in_output(tmp_path):
     (doc,) = read_docs(tmp_path / "o")
     assert "info@example.org" not in doc["text"] and "<EMAIL>" in doc["text"] and "<PHONE>" in doc["text"]
     assert r["pii_masked"] == {"email": 1, "phone": 2}  # the c4 page itself lists 780-800-7092
+
+
+def test_truncated_compressed_inputs_are_reported_as_damaged(tmp_path, capsys):
+    """A .zst or .gz cut short: the records before the damage are read, and the file is reported with their count."""
+    from puyu_jax.cli import main
+
+    d = tmp_path / "in"
+    d.mkdir()
+    lines = [json.dumps({"id": f"r{i}", "text": f"Record number {i} of a long file. " * 20}).encode() for i in range(2000)]
+    data = b"\n".join(lines) + b"\n"
+    half = len(data) // 2
+    # several zstd frames (as streaming writers produce): the file stops inside the last one
+    zst = b"".join(zstandard.ZstdCompressor().compress(data[i:i + 100_000]) for i in range(0, len(data), 100_000))
+    (d / "cut.jsonl.zst").write_bytes(zst[: int(len(zst) * 0.6)])
+    (d / "cut.jsonl.gz").write_bytes(gzip.compress(data, mtime=0)[: len(gzip.compress(data, mtime=0)) // 2])
+    (d / "whole.jsonl.zst").write_bytes(zst)
+    (d / "cut.txt.gz").write_bytes(gzip.compress(data[:half], mtime=0)[:-100])
+    out = tmp_path / "out"
+    assert main(["data", "process", "--no-progress", "-j", "1", "process", f"input.paths=[{d}]", f"output.dir={out}",
+                 "stages=[normalize]", "dedup.exact=false", "dedup.near=false", "dedup.line_min_docs=0"]) == 0
+    err = capsys.readouterr().err
+    r = json.loads((out / "report.json").read_text())
+    damaged = {Path(x["file"]).name: x for x in r["damaged_inputs"]}
+    assert set(damaged) == {"cut.jsonl.zst", "cut.jsonl.gz", "cut.txt.gz"}
+    for name, x in damaged.items():
+        assert x["reason"] == "damaged_file" and "EOFError" in x["error"], x
+        assert 0 < x["records_read"] < 2000, x  # what came before the damage was read ...
+        assert f"damaged input {d / name}" in err
+    kept = {doc["source"]: 0 for doc in read_docs(out)}
+    for doc in read_docs(out):
+        kept[doc["source"]] += 1
+    assert kept[str(d / "whole.jsonl.zst")] == 2000  # (multi-frame files read whole)
+    # ... and kept, except a last record cut in the middle (then a bad_json)
+    for name in ("cut.jsonl.zst", "cut.jsonl.gz"):
+        assert kept[str(d / name)] in (damaged[name]["records_read"], damaged[name]["records_read"] - 1)
+    assert r["input_records"] == r["kept"] + r["dropped"]
+    assert "damaged input" in (out / "report.md").read_text()

@@ -73,3 +73,54 @@ def test_pii_masking():
     assert "192.168" not in out and "fe80" not in out
     assert "Version 1.2.3 stays." in out
     assert counts == {"email": 1, "ip": 2, "phone": 3}
+
+
+# Cantonese sentences written for this project (everyday speech in Hong Kong written Cantonese).
+CANTONESE = [
+    "佢哋今日去咗邊度食飯呀？我唔知道喎，你問下佢啦。",
+    "我哋聽日一齊去飲茶好唔好？間茶樓啲點心好好食㗎。",
+    "你做咩咁夜都未瞓覺呀？聽朝仲要返工㗎喎。",
+]
+
+
+def test_chinese_varieties_count_as_chinese():
+    from puyu_jax.data.config import LangIdConfig
+    from puyu_jax.data.stages import langid, macro_language
+
+    assert {macro_language(c) for c in ("zh", "yue", "wuu", "lzh", "zh-Hant", "zh_TW", "cmn-Hans")} == {"zh"}
+    assert macro_language("en") == "en" and macro_language("ja") == "ja"
+    for text in CANTONESE:
+        doc = {"text": text}
+        assert langid(doc, LangIdConfig(keep=("en", "zh"))) is None, doc
+        assert doc["lang"] == "zh" and doc["lang_variety"] == "yue", doc  # kept as Chinese, variety recorded
+        assert langid(dict(doc), LangIdConfig(keep=("en",))) == "lang_zh"
+        assert langid(dict(doc), LangIdConfig(keep=("yue",))) is None  # a variety can still be asked for alone
+
+
+def test_classical_chinese_poems_and_analects_are_kept():
+    """One Tang poem (traditional characters) or one saying of the Analects per document: the whole
+    per-document pipeline (normalize, langid, rules, quality, pii) keeps at least 90% of each."""
+    from puyu_jax.config import load_config
+    from puyu_jax.data.config import ProcessConfig
+    from puyu_jax.data.stages import DocPipeline
+
+    pipe = DocPipeline(load_config(ProcessConfig, {"input": {"paths": ["unused"]}}))
+    kept, reasons = {"tang300": [], "lunyu": []}, {}
+    for r in read_jsonl(FIXTURES / "classical_zh.jsonl"):
+        doc = {"id": r["id"], "source": "classical_zh.jsonl", "text": r["text"]}
+        out = pipe(doc)
+        kept[r["id"].split("-")[0]].append(out is None)
+        if out is not None:
+            reasons[f"{out[0]}:{out[1]}"] = reasons.get(f"{out[0]}:{out[1]}", 0) + 1
+    assert len(kept["tang300"]) == 120 and len(kept["lunyu"]) == 245
+    for name, flags in kept.items():
+        assert sum(flags) / len(flags) >= 0.9, (name, sum(flags), len(flags), reasons)
+
+
+def test_short_chinese_is_judged_by_characters_and_without_stop_words():
+    cfg = RulesConfig()
+    quatrain = "靜夜思\n李白\n床前明月光，疑是地上霜。\n舉頭望明月，低頭思故鄉。"
+    assert rule_filter({"text": quatrain}, cfg) is None  # 24 characters, no modern function words
+    assert rule_filter({"text": "首页 登录"}, cfg) == "too_few_words"  # navigation, not a text
+    spam = "\n".join(["点击这里免费领取大礼包"] * 10)
+    assert rule_filter({"text": spam}, cfg) == "dup_lines"
