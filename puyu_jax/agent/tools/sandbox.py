@@ -100,7 +100,10 @@ class CellResult:
 
 @functools.lru_cache(maxsize=1)
 def network_isolation() -> tuple[str, ...]:
-    """The command prefix that gives a child its own, empty network namespace; () if none works."""
+    """The command prefix that gives a child its own, empty network namespace; () if none works.
+
+    Used by the unsafe child only (the namespaced sandbox gets its network namespace from bubblewrap).
+    """
     exe = shutil.which("unshare")
     if exe is None:
         return ()
