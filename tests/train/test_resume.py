@@ -159,3 +159,15 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_pat
         (run / "checkpoints" / step / "data" / "metadata").write_bytes(b"")
     with pytest.raises(ConfigError, match=r"no checkpoint .* reads back whole: step 8: .*; step 6: .*; step 3: "):
         train(_tiny(run, "steps=9"), resume=True)
+
+
+def test_finetune_resume_names_the_base_model_and_lora_shape(tmp_path):
+    from puyu_jax.config import ConfigError, save_run_config
+    from puyu_jax.finetune.config import FinetuneConfig
+    from puyu_jax.train.loop import check_resume_config
+
+    cfg = load_config(FinetuneConfig, None, [f"out_dir={tmp_path}"])
+    save_run_config(cfg, tmp_path)
+    check_resume_config(tmp_path, load_config(FinetuneConfig, cfg, ["steps=99", "optimizer.lr=1e-5"]))  # fine
+    with pytest.raises(ConfigError, match=r"lora\.rank: 8 -> 16.*model: 'smollm2' -> 'other'|model: 'smollm2' -> 'other'.*lora\.rank: 8 -> 16"):
+        check_resume_config(tmp_path, load_config(FinetuneConfig, cfg, ["model=other", "lora.rank=16"]))
