@@ -271,14 +271,6 @@ class SlurmConfig:
 
 
 @dataclass(frozen=True)
-class SummaryGroup:
-    """One block of the summary table: a capability and its datasets (names or abbrs), in order."""
-
-    name: str = ""
-    datasets: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
 class EvalConfig:
     """An eval run: every model on every dataset, partitioned into (model, dataset, shard) tasks.
 
@@ -294,14 +286,15 @@ class EvalConfig:
     out_dir: str = "outputs/eval"
     shard_size: int = 0  # samples per task (0 = one task per model x dataset)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
-    # the summary table's rows: capability blocks in this order (empty = by each dataset's group)
-    summary_groups: tuple[SummaryGroup, ...] = ()
+    # the summary table's rows: {capability: [dataset name or abbr, ...]} blocks in this order
+    # (empty = by each dataset's own group)
+    summary_groups: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self):
         abbrs = [m.abbr for m in self.model_specs]
         if len(set(abbrs)) != len(abbrs):
             raise ValueError(f"model abbrs must be unique, got {abbrs}")
-        listed = [d for g in self.summary_groups for d in g.datasets]
+        listed = [d for ds in self.summary_groups.values() for d in ds]
         if len(set(listed)) != len(listed):
             raise ValueError(f"summary_groups list a dataset twice: {sorted({d for d in listed if listed.count(d) > 1})}")
 

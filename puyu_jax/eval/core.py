@@ -58,7 +58,7 @@ def score(cfg: DatasetConfig | Dataset, predictions: list[dict], *, judge=None,
             pred = [postprocess(c.postprocessor, t) for t in raw]
         else:
             pred = postprocess(c.postprocessor, raw) if gen else raw
-        preds.append({"pred": pred, "gold": p["gold"], "choices": p.get("choices")})
+        preds.append({"pred": pred, "gold": p["gold"], "choices": p.get("choices"), "rule": p.get("rule")})
     res = run_evaluator(c.evaluator, rows, preds, judge=judge, cache=cache)
     extra = res.get("per_sample") or [{} for _ in preds]
     raw = ("rule", "choices", "logprobs", "tokens", "chars", "greedy")  # option scoring: every option's numbers

@@ -47,11 +47,14 @@ def accuracy(rows, preds, cfg: EvaluatorConfig) -> dict:
     if cfg.average_by:
         metrics["naive_average"], metrics[f"by_{cfg.average_by}"] = _averaged(rows, correct, cfg.average_by)
         score = metrics["naive_average"]
+    metric = "accuracy"
     if preds and preds[0].get("choices"):  # option scoring: every decision rule on the same log-likelihoods
         for rule in preds[0]["choices"]:
             ok = [p["choices"][rule] == str(p["gold"]).strip() for p in preds]
             metrics[rule] = _averaged(rows, ok, cfg.average_by)[0] if cfg.average_by else _mean(ok)
-    return {"score": score, "metric": "accuracy", "metrics": metrics, "correct": correct}
+        metric = preds[0].get("rule") or metric  # the dataset's rule: its score, named as lm-eval names it
+        score = metrics.get(metric, score)
+    return {"score": score, "metric": metric, "metrics": metrics, "correct": correct}
 
 
 def _number(s: str) -> float | None:

@@ -19,21 +19,20 @@ GROUP_EN = {"学科": "Examination", "语言": "Language", "知识": "Knowledge"
             "编程": "Coding"}
 
 
-def layout(results: dict[str, dict[str, dict]], groups=()) -> list[tuple[str, list[str]]]:
-    """[(group, [dataset label, ...])] in table order: the given groups (their datasets named by
-    label or dataset name, those without results left out), else by each dataset's own group;
-    datasets no group lists come last, under their own group."""
+def layout(results: dict[str, dict[str, dict]], groups=None) -> list[tuple[str, list[str]]]:
+    """[(group, [dataset label, ...])] in table order: the given groups ({name: [dataset, ...]},
+    datasets named by label or dataset name, those without results left out), else by each
+    dataset's own group; datasets no group lists come last, under their own group."""
     datasets: dict[str, dict] = {}
     for per in results.values():
         for label, r in per.items():
             datasets.setdefault(label, r)
     by_name = {r["dataset"]: lab for lab, r in datasets.items()}
     out, placed = [], set()
-    for g in groups:
-        labels = [by_name.get(d, d) for d in g.datasets]
-        labels = [lab for lab in labels if lab in datasets]
+    for name, members in dict(groups or {}).items():
+        labels = [lab for lab in (by_name.get(d, d) for d in members) if lab in datasets]
         if labels:
-            out.append((g.name, labels))
+            out.append((name, labels))
             placed.update(labels)
     for g in GROUPS:
         labels = [lab for lab, r in datasets.items() if r["group"] == g and lab not in placed]
@@ -42,7 +41,7 @@ def layout(results: dict[str, dict[str, dict]], groups=()) -> list[tuple[str, li
     return out
 
 
-def group_scores(results: dict[str, dict[str, dict]], groups=()) -> dict[str, dict[str, float]]:
+def group_scores(results: dict[str, dict[str, dict]], groups=None) -> dict[str, dict[str, float]]:
     """{group: {model: naive average of that model's dataset scores in the group}}."""
     out: dict[str, dict[str, float]] = {}
     for g, labels in layout(results, groups):
@@ -53,7 +52,7 @@ def group_scores(results: dict[str, dict[str, dict]], groups=()) -> dict[str, di
     return out
 
 
-def table_rows(results: dict[str, dict[str, dict]], groups=()) -> tuple[list[str], list[list[str]]]:
+def table_rows(results: dict[str, dict[str, dict]], groups=None) -> tuple[list[str], list[list[str]]]:
     """Header and rows: dataset, capability, metric, one score column per model."""
     models = list(results)
     datasets: dict[str, dict] = {}
@@ -76,10 +75,10 @@ def _fmt(x) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
-def write_summary(results: dict[str, dict[str, dict]], out_dir: str | Path, groups=()) -> dict[str, str]:
+def write_summary(results: dict[str, dict[str, dict]], out_dir: str | Path, groups=None) -> dict[str, str]:
     """Writes summary.md / .csv / .html and `<Capability>.png` charts; returns their paths.
 
-    `groups`: SummaryGroup-like blocks (name, datasets) fixing the rows' order and grouping."""
+    `groups`: {capability: [dataset, ...]} blocks fixing the rows' order and grouping."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     header, rows = table_rows(results, groups)
@@ -99,7 +98,7 @@ def write_summary(results: dict[str, dict[str, dict]], out_dir: str | Path, grou
     return paths
 
 
-def _plots(results: dict[str, dict[str, dict]], out: Path, groups=()) -> dict[str, str]:
+def _plots(results: dict[str, dict[str, dict]], out: Path, groups=None) -> dict[str, str]:
     import matplotlib
 
     matplotlib.use("Agg")
