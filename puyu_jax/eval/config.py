@@ -81,12 +81,15 @@ class FewShotConfig:
     """In-context examples from the dev split, picked by fixed row ids.
 
     `match_column` restricts the dev rows to those sharing this column's value with the
-    test row (MMLU: the subject) before the ids are applied."""
+    test row (MMLU: the subject) before the ids are applied. A dataset without a dev split
+    takes its examples from the other test rows (as lm-eval does)."""
 
     ids: tuple[int, ...] = ()
     split: str = "dev"
     match_column: str = ""
-    answer_template: str = " {answer}"  # the example's answer, after `template`
+    # the example's answer, after `template` ("" = its gold option's continuation for option
+    # scoring, else " " + its gold column)
+    answer_template: str = ""
     separator: str = "\n\n"
 
 

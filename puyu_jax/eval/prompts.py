@@ -54,6 +54,8 @@ def examples(ds: Dataset, row: dict) -> list[dict]:
     if not fs.ids:
         return []
     pool = ds.dev if fs.split == "dev" else ds.test
+    if not pool or pool is ds.test:  # no dev split: the other test rows (lm-eval's fallback)
+        pool = [r for r in ds.test if r["_id"] != row.get("_id")]
     if fs.match_column:
         pool = [r for r in pool if r.get(fs.match_column) == row.get(fs.match_column)]
     bad = [i for i in fs.ids if i >= len(pool)]
@@ -63,13 +65,28 @@ def examples(ds: Dataset, row: dict) -> list[dict]:
     return [pool[i] for i in fs.ids]
 
 
+def _example_answer(ds: Dataset, ex: dict, meta: str) -> str:
+    """An in-context example's answer: `answer_template`, else the gold option's continuation
+    (option scoring), else " " + the gold column."""
+    p = ds.cfg.prompt
+    if p.few_shot.answer_template:
+        return fill(p.few_shot.answer_template, ex, "few_shot.answer_template")
+    if ds.cfg.inferencer.type != "gen":
+        gold = ds.gold(ex)
+        for label, c, _ in options(ds, ex, "base"):
+            if label == gold:
+                return c
+        raise DatasetError(f"few-shot example {ex.get('_id', '')}: gold answer {gold!r} is no option label")
+    return " " + ds.gold(ex)
+
+
 def build_prompt(ds: Dataset, row: dict, meta: str = "") -> Prompt:
     """The prompt of a row under the meta template `meta` ("" = the dataset's own)."""
     p: PromptConfig = ds.cfg.prompt
     meta = meta or p.meta
     shots = examples(ds, row)
     instruction = fill(p.instruction, row, "instruction") if p.instruction else ""
-    answer = lambda ex: fill(p.few_shot.answer_template, ex, "few_shot.answer_template")  # noqa: E731
+    answer = lambda ex: _example_answer(ds, ex, meta)  # noqa: E731
     if meta == "base":
         parts = [fill(p.template, ex) + answer(ex) for ex in shots]
         body = p.few_shot.separator.join([*parts, fill(p.template, row)])

@@ -49,10 +49,20 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
     for key, col in [*((f"reader.input_columns[{i}]", c) for i, c in enumerate(r.input_columns)),
                      ("reader.output_column", r.output_column), ("reader.id_column", r.id_column)]:
         if col and col not in test[0]:
+            cols = [k for k in test[0] if not k.startswith("_")]
+            hint = ("; one column whose name holds a separator: is loader.delimiter right?"
+                    if len(cols) == 1 and any(c in cols[0] for c in "\t;,|") else "")
             raise DatasetError(f"dataset {cfg.name!r}: {key}={col!r} is not a column of "
-                               f"{cfg.data_path()} (columns: {_columns(test)})")
+                               f"{cfg.data_path()} (columns: {_columns(test)}){hint}")
     idc = r.id_column
     test = [{**row, "_id": str(row[idc]) if idc else str(i)} for i, row in enumerate(test)]
+    if idc:
+        seen: set[str] = set()
+        for row in test:
+            if row["_id"] in seen:
+                raise DatasetError(f"dataset {cfg.name!r}: reader.id_column={idc!r} is not unique "
+                                   f"({row['_id']!r} twice); leave it empty to number the rows")
+            seen.add(row["_id"])
     return Dataset(cfg, test, splits.get("dev", []), splits.get("skipped", []))
 
 
@@ -63,10 +73,23 @@ def validate_dataset(cfg: DatasetConfig, meta: str = "") -> Dataset:
     Raises:
       DatasetError: a one-line message naming the dataset, the key and the columns there are.
     """
+    ds = load_dataset(cfg)
+    try:
+        _render_first_rows(ds, meta)
+    except DatasetError as e:
+        raise (e if str(e).startswith("dataset ") else DatasetError(f"dataset {cfg.name!r}: {e}")) from None
+    return ds
+
+
+def _render_first_rows(ds: Dataset, meta: str) -> None:
     from puyu_jax.eval.prompts import build_prompt, continuations
 
-    ds = load_dataset(cfg)
+    cfg = ds.cfg
     for row in ds.test[:CHECK_ROWS]:
+        if cfg.inferencer.multi_turn:  # the turns are the prompts
+            if not isinstance(row.get("turns"), list):
+                raise DatasetError(f"dataset {cfg.name!r}: inferencer.multi_turn needs a list column 'turns'")
+            continue
         build_prompt(ds, row, meta)
         if cfg.inferencer.type != "gen":
             labels = [lab for lab, _ in continuations(ds, row, meta)]
@@ -75,6 +98,3 @@ def validate_dataset(cfg: DatasetConfig, meta: str = "") -> Dataset:
                 raise DatasetError(f"dataset {cfg.name!r}: row {row['_id']} has gold answer {gold!r} "
                                    f"(reader.output_column={cfg.reader.output_column!r}), not one of the "
                                    f"option labels {labels}")
-        elif cfg.inferencer.multi_turn and not isinstance(row.get("turns"), list):
-            raise DatasetError(f"dataset {cfg.name!r}: inferencer.multi_turn needs a list column 'turns'")
-    return ds
