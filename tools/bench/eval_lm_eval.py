@@ -6,7 +6,7 @@ multiple_choice`, target delimiter " ", metrics acc and acc_norm) and run with l
 `hf` model on SmolLM2-135M-Instruct (transformers reading the same GGUF file); puyu runs the same
 items through its local backend. Reported: acc and acc_norm of both, per-sample agreement of the
 two rules' choices, the largest log-likelihood difference, and samples/s of each (model loading
-excluded; each run once after a warm-up on the first items).
+excluded; each run once after a warm-up on the first item).
 
     python tools/bench/eval_lm_eval.py [--datasets arc-e,piqa] [--limit 30] [--batch-size 8] [--out FILE.json]
 """
@@ -79,14 +79,14 @@ def main() -> None:
         cfg = load_dataset_config(name, [f"max_samples={args.limit}"])
         ds = load_dataset(cfg)
         rows = {r["_id"]: r for r in ds.test}
-        predict(ours, ds.__class__(cfg, ds.test[:2], ds.dev), progress=False)  # warm-up: compiles
+        predict(ours, ds.__class__(cfg, ds.test[:1], ds.dev), progress=False)  # warm-up
         t0 = time.perf_counter()
         preds = predict(ours, ds, progress=False)
         t_ours = time.perf_counter() - t0
         res = score(ds, preds)
         task = _lm_eval_task(name, preds, rows, folder)
         tm = TaskManager(include_path=str(folder))
-        simple_evaluate(model=hf, tasks=[task], task_manager=tm, limit=2, log_samples=False)  # warm-up
+        simple_evaluate(model=hf, tasks=[task], task_manager=tm, limit=1, log_samples=False)  # warm-up
         t0 = time.perf_counter()
         lm = simple_evaluate(model=hf, tasks=[task], task_manager=tm, log_samples=True)
         t_lm = time.perf_counter() - t0
@@ -101,13 +101,16 @@ def main() -> None:
             agree["acc_norm"] += labels[int(np.argmax(lls / lens))] == p["choices"]["acc_norm"]
             max_dll = max(max_dll, float(np.max(np.abs(lls - np.array([p["logprobs"][lab] for lab in labels])))))
         r = lm["results"][task]
-        report["datasets"][name] = {
+        report["datasets"][name] = row = {
             "items": len(preds),
             "puyu": {"acc": round(res["metrics"]["acc"], 2), "acc_norm": round(res["metrics"]["acc_norm"], 2),
                      "samples_per_s": round(len(preds) / t_ours, 2)},
             "lm_eval_hf": {"acc": round(100 * r["acc,none"], 2), "acc_norm": round(100 * r["acc_norm,none"], 2),
                            "samples_per_s": round(len(preds) / t_lm, 2)},
             "same_choice": agree, "max_abs_loglikelihood_diff": round(max_dll, 4)}
+        print(json.dumps({name: row}), flush=True)  # each dataset as soon as it is done
+        if args.out:
+            Path(args.out).write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
     print("\n| dataset | items | puyu acc | lm-eval acc | puyu acc_norm | lm-eval acc_norm | same choice acc / "
           "acc_norm | max abs Δll | puyu samples/s | lm-eval samples/s |")
