@@ -299,7 +299,8 @@ class EvalConfig:
             raise ValueError(f"model abbrs must be unique, got {abbrs}")
         listed = [d for ds in self.summary_groups.values() for d in ds]
         if len(set(listed)) != len(listed):
-            raise ValueError(f"summary_groups list a dataset twice: {sorted({d for d in listed if listed.count(d) > 1})}")
+            twice = sorted({d for d in listed if listed.count(d) > 1})
+            raise ValueError(f"summary_groups list a dataset twice: {twice}")
 
     @property
     def model_specs(self) -> tuple[ModelSpec, ...]:

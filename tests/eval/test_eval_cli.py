@@ -28,7 +28,8 @@ def test_flags_without_a_config(tmp_path, capsys):
     preds = json.loads((run / "predictions" / "gold" / "ARC-e.json").read_text())
     assert preds[0]["prompt"].count("Question:") == 3  # two examples from the dev split, then the item
     # constant: the first option on every tie, so chance-level accuracy
-    assert main(["eval", "--model", "constant", "--datasets", "piqa", "--limit", "30", "--out-dir", str(out), "-q"]) == 0
+    assert main(["eval", "--model", "constant", "--datasets", "piqa", "--limit", "30", "--out-dir", str(out),
+                 "-q"]) == 0
     res, _ = _results(out)
     assert 20 <= res["PIQA"]["score"] <= 80
     assert res["PIQA"]["metrics"]["acc"] == pytest.approx(res["PIQA"]["score"], abs=1e-3)

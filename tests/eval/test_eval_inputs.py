@@ -48,7 +48,8 @@ def test_csv_and_tsv_delimiters(tmp_path):
     path = _dataset(tmp_path, semi, "s.csv", loader={"type": "csv", "test": "s.csv", "delimiter": ";"})
     ds = load_dataset(load_dataset_config(path))
     assert [r["question"] for r in ds.test] == ["A, b"]
-    assert ds.skipped == [f"{tmp_path / 'd' / 's.csv'}:3: 3 fields, the header has 2 (delimiter ';'; set loader.delimiter?)"]
+    assert ds.skipped == [f"{tmp_path / 'd' / 's.csv'}:3: 3 fields, the header has 2 "
+                          "(delimiter ';'; set loader.delimiter?)"]
     # a TSV read with commas: every row has the wrong width, and the reader column is missing
     path = _dataset(tmp_path, tsv, "t.csv", loader={"type": "csv", "test": "t.csv", "delimiter": ","})
     with pytest.raises(DatasetError, match=r"'question' is not a column .* is loader\.delimiter right\?"):

@@ -92,7 +92,8 @@ def test_mbpp_code_extraction():
 
 
 @pytest.mark.parametrize("text,want", [
-    (r"so $x = \boxed{\frac{1}{2}}$.", r"\frac{1}{2}"), (r"\boxed{\left( 3, \frac{\pi}{2} \right)}", r"\left( 3, \frac{\pi}{2} \right)"),
+    (r"so $x = \boxed{\frac{1}{2}}$.", r"\frac{1}{2}"),
+    (r"\boxed{\left( 3, \frac{\pi}{2} \right)}", r"\left( 3, \frac{\pi}{2} \right)"),
     ("The answer is $5$.", "5"), ("just 42", "just 42"),
 ])
 def test_math_answer(text, want):
@@ -104,7 +105,8 @@ def test_math_answer(text, want):
 @pytest.mark.parametrize("a,b,same", [
     (r"\dfrac{1}{2}", "0.5", True), (r"\frac12", r"\frac{1}{2}", True), (r"10\%", "10", True),
     (r"\text{Evelyn}", "Evelyn", True), ("1,000", "1000", True), (r"90^\circ", "90", True), ("x = 3", "3", True),
-    (r"\left( 3, \frac{\pi}{2} \right)", r"(3,\frac{\pi}{2})", True), ("3", "4", False), (r"\frac{1}{3}", "0.33", False),
+    (r"\left( 3, \frac{\pi}{2} \right)", r"(3,\frac{\pi}{2})", True), ("3", "4", False),
+    (r"\frac{1}{3}", "0.33", False),
 ])
 def test_math_equivalence(a, b, same):
     from puyu_jax.eval.evaluators import math_equal

@@ -118,7 +118,8 @@ def main() -> None:
     for name, d in report["datasets"].items():
         print(f"| {name} | {d['items']} | {d['puyu']['acc']} | {d['lm_eval_hf']['acc']} | {d['puyu']['acc_norm']} | "
               f"{d['lm_eval_hf']['acc_norm']} | {d['same_choice']['acc']} / {d['same_choice']['acc_norm']} | "
-              f"{d['max_abs_loglikelihood_diff']} | {d['puyu']['samples_per_s']} | {d['lm_eval_hf']['samples_per_s']} |")
+              f"{d['max_abs_loglikelihood_diff']} | {d['puyu']['samples_per_s']} | "
+              f"{d['lm_eval_hf']['samples_per_s']} |")
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
 
