@@ -18,24 +18,53 @@ LOADERS = ("jsonl", "json", "csv", "tar.gz", "arc", "mmlu", "piqa", "winogrande"
            "mt_bench")
 INFERENCERS = ("ppl", "loglikelihood", "gen")
 NORMALIZE = ("token", "char", "none")
-POSTPROCESSORS = ("none", "first_option", "gsm8k", "cmrc", "first_line", "code")
-GROUPS = ("学科", "语言", "知识", "理解", "推理", "主观", "")
+POSTPROCESSORS = ("none", "first_option", "gsm8k", "cmrc", "first_line", "code", "bbh", "mbpp", "math")
+EVALUATORS = ("accuracy", "gsm8k", "em_f1_zh", "humaneval", "llm_judge", "qa_em", "rouge", "mbpp", "math")
+GROUPS = ("学科", "语言", "知识", "理解", "推理", "代码", "主观", "")
+
+
+class DatasetError(ConfigError):
+    """A dataset cannot be read or does not fit its config (bad file, line, column or template field)."""
 
 
 @dataclass(frozen=True)
 class LoaderConfig:
     """Where rows come from. `path` is a file or directory ("" = the shipped subset of the
-    dataset in `puyu_jax/eval/assets/<name>`); `test`/`dev` are files inside a directory path."""
+    dataset in `puyu_jax/eval/assets/<name>`); `test`/`dev` are files inside a directory path.
+
+    The generic loaders (jsonl / json / csv) also take glob patterns for `test`/`dev` (each row
+    then gets a `_file` column, the file's stem), and these per-row transforms, in this order:
+    nested mappings are flattened (`{"answer": {"value": v}}` adds column `answer.value`);
+    `subject_pattern` (a regex with one group, matched against the file stem) adds `subject`
+    and `subject_name` (underscores as spaces); `split` turns a string column into a list by a
+    regex separator; `attach` adds a column holding the text of a file whose path (relative
+    to the dataset directory) is formatted from the row, e.g. `lib_prompt/{subject}.txt`.
+    `test_rows` / `dev_rows` ("start:stop") keep a slice of each split.
+    """
 
     type: str = "jsonl"
     path: str = ""
     test: str = ""
     dev: str = ""
     labels: str = ""  # a labels file (piqa, winogrande), relative to `path`
+    delimiter: str = ""  # csv: "" = tab for .tsv files, else comma
+    records_key: str = ""  # json: the key holding the list of records ("" = the top level or "data")
+    subject_pattern: str = ""
+    split: dict[str, str] = field(default_factory=dict)
+    attach: dict[str, str] = field(default_factory=dict)
+    test_rows: str = ""
+    dev_rows: str = ""
+    strict: bool = False  # a malformed line is an error (default: counted in `skipped` and left out)
 
     def __post_init__(self):
         if self.type not in LOADERS:
             raise ValueError(f"loader.type={self.type!r}: expected one of {', '.join(LOADERS)}")
+        if len(self.delimiter) > 1:
+            raise ValueError(f"loader.delimiter={self.delimiter!r}: expected one character (e.g. ',' or '\\t')")
+        for key in ("test_rows", "dev_rows"):
+            v = getattr(self, key)
+            if v and (v.count(":") != 1 or not all(x.strip().lstrip("-").isdigit() for x in v.split(":") if x.strip())):
+                raise ValueError(f"loader.{key}={v!r}: expected 'start:stop', e.g. '10:510'")
 
 
 @dataclass(frozen=True)
@@ -52,12 +81,15 @@ class FewShotConfig:
     """In-context examples from the dev split, picked by fixed row ids.
 
     `match_column` restricts the dev rows to those sharing this column's value with the
-    test row (MMLU: the subject) before the ids are applied."""
+    test row (MMLU: the subject) before the ids are applied. A dataset without a dev split
+    takes its examples from the other test rows (as lm-eval does)."""
 
     ids: tuple[int, ...] = ()
     split: str = "dev"
     match_column: str = ""
-    answer_template: str = " {answer}"  # the example's answer, after `template`
+    # the example's answer, after `template` ("" = its gold option's continuation for option
+    # scoring, else " " + its gold column)
+    answer_template: str = ""
     separator: str = "\n\n"
 
 
@@ -70,7 +102,11 @@ class PromptConfig:
     the last user turn (the instruction becomes the system message when `system`).
     For `ppl`/`loglikelihood`, every option is a continuation of the prompt: `continuations`
     maps gold labels to templates, or `options_column` names a list column whose i-th item
-    (label `i`) fills `{option}` in `continuation`.
+    (label `i`, or the i-th character of `option_labels`, e.g. "ABCD") fills `{option}` (and
+    its label `{label}`) in `continuation`.
+
+    Fields: `{col}`, `{col[0]}` (an item of a list column), `{col:join=, }` (a list column
+    joined by the text after `join=`); a missing column (null) renders as "".
     """
 
     template: str = "{question}"
@@ -81,6 +117,7 @@ class PromptConfig:
     continuations: dict[str, str] = field(default_factory=dict)
     options_column: str = ""
     continuation: str = " {option}"
+    option_labels: str = ""
 
     def __post_init__(self):
         if self.meta not in ("base", "chat"):
@@ -89,9 +126,15 @@ class PromptConfig:
 
 @dataclass(frozen=True)
 class InferencerConfig:
-    """ppl: argmin over options of the continuation's mean token NLL (`normalize` token),
-    NLL per character (`char`) or total NLL (`none`); loglikelihood: argmax summed log-prob
-    (also records whether each option is the greedy continuation); gen: greedy generation."""
+    """ppl / loglikelihood: every option is scored once and three decision rules are applied to
+    the same log-likelihoods (all reported):
+
+      acc       argmax of the summed log-prob (lm-eval `acc`)
+      acc_norm  argmax of log-prob / len(option text in characters) (lm-eval `acc_norm`)
+      acc_nll   argmin of the mean token NLL (OpenCompass' PPL inferencer)
+
+    `normalize` picks the dataset's score: `none` -> acc, `char` -> acc_norm, `token` ->
+    acc_nll (loglikelihood always scores acc). gen: greedy generation."""
 
     type: str = "ppl"
     normalize: str = "token"
@@ -122,20 +165,23 @@ class JudgeConfig:
 
 @dataclass(frozen=True)
 class EvaluatorConfig:
-    """accuracy | gsm8k | em_f1_zh | humaneval | llm_judge; `average_by` averages accuracy
-    per value of a column first (MMLU subjects), as OpenCompass does."""
+    """One of EVALUATORS (see `puyu_jax.eval.evaluators`); `average_by` averages accuracy
+    per value of a column first (MMLU subjects), as OpenCompass does; `answers_column` holds
+    the list of accepted answers (qa_em); `metric` picks the score among the evaluator's
+    metrics ("" = its default, e.g. rougeL for rouge)."""
 
     type: str = "accuracy"
     average_by: str = ""
+    answers_column: str = ""
+    metric: str = ""
     timeout_s: float = 10.0
     memory_mb: int = 1024
     workers: int = 2
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     def __post_init__(self):
-        if self.type not in ("accuracy", "gsm8k", "em_f1_zh", "humaneval", "llm_judge"):
-            raise ValueError(f"evaluator.type={self.type!r}: expected accuracy, gsm8k, em_f1_zh, humaneval or "
-                             "llm_judge")
+        if self.type not in EVALUATORS:
+            raise ValueError(f"evaluator.type={self.type!r}: expected one of {', '.join(EVALUATORS)}")
 
 
 @dataclass(frozen=True)
@@ -144,7 +190,7 @@ class DatasetConfig:
 
     name: str = ""
     abbr: str = ""
-    group: str = ""  # capability: 学科 / 语言 / 知识 / 理解 / 推理 (or 主观)
+    group: str = ""  # capability: 学科 / 语言 / 知识 / 理解 / 推理 / 代码 (or 主观)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -165,14 +211,23 @@ class DatasetConfig:
     def label(self) -> str:
         return self.abbr or self.name
 
+    @property
+    def data_dir(self) -> str:
+        """The dataset's directory under `data_root` (and under the shipped assets): the name
+        up to its first "-" (race-middle and race-high share `race/`)."""
+        return self.name.split("-")[0]
+
     def data_path(self) -> Path:
         """The loader's path, or the shipped subset."""
         if not self.loader.path:
-            return ASSETS / self.name.split("-")[0]
+            return ASSETS / self.data_dir
         p = Path(self.loader.path).expanduser()
         if not p.is_absolute() and not p.exists() and (REPO_ROOT / p).exists():
             p = REPO_ROOT / p
         return p
+
+
+MODEL_TYPES = ("local", "openai", "gold", "constant")
 
 
 @dataclass(frozen=True)
@@ -180,7 +235,9 @@ class ModelSpec:
     """A model to evaluate.
 
     type local: `path` is any source `load_pretrained` accepts (smollm2, a checkpoint dir, a
-    config name); type openai: `url` (+ `model`, `api_key`) of an OpenAI-compatible server.
+    config name); type openai: `url` (+ `model`, `api_key`) of an OpenAI-compatible server;
+    the check backends: type gold answers every dataset's gold answer (100%), type constant
+    answers `path` ("A" when empty) to everything and scores chance.
     `meta` overrides the datasets' meta template (base / chat; "" keeps theirs).
     """
 
@@ -198,8 +255,8 @@ class ModelSpec:
     devices: int = 1  # accelerators per task (runner device groups, SLURM --gres)
 
     def __post_init__(self):
-        if self.type not in ("local", "openai"):
-            raise ValueError(f"model type={self.type!r}: expected 'local' or 'openai'")
+        if self.type not in MODEL_TYPES:
+            raise ValueError(f"model type={self.type!r}: expected one of {', '.join(MODEL_TYPES)}")
         if self.type == "openai" and not self.url:
             raise ValueError(f"model {self.abbr!r}: type openai needs a url")
         if self.meta not in ("", "base", "chat"):
@@ -232,11 +289,18 @@ class EvalConfig:
     out_dir: str = "outputs/eval"
     shard_size: int = 0  # samples per task (0 = one task per model x dataset)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    # the summary table's rows: {capability: [dataset name or abbr, ...]} blocks in this order
+    # (empty = by each dataset's own group)
+    summary_groups: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self):
         abbrs = [m.abbr for m in self.model_specs]
         if len(set(abbrs)) != len(abbrs):
             raise ValueError(f"model abbrs must be unique, got {abbrs}")
+        listed = [d for ds in self.summary_groups.values() for d in ds]
+        if len(set(listed)) != len(listed):
+            twice = sorted({d for d in listed if listed.count(d) > 1})
+            raise ValueError(f"summary_groups list a dataset twice: {twice}")
 
     @property
     def model_specs(self) -> tuple[ModelSpec, ...]:
@@ -262,6 +326,8 @@ def dataset_yaml(name: str) -> Path:
         raise ConfigError(f"dataset config {name!r} not found")
     d = configs_dir() / "eval" / "datasets"
     f = d / f"{name}.yaml"
+    if not f.is_file():  # lm-eval spells names with "_" (arc_e), ours with "-" (arc-e)
+        f = d / f"{name.replace('_', '-')}.yaml"
     if not f.is_file():
         known = sorted(x.stem for x in d.glob("*.yaml"))
         raise ConfigError(f"no dataset named {name!r}; known: {', '.join(known)}")
@@ -274,6 +340,5 @@ def load_dataset_config(name: str, overrides=(), data_root: str = "") -> Dataset
     With `data_root`, `loader.path` defaults to `data_root/<dataset dir>` (the full set)."""
     cfg = load_config(DatasetConfig, dataset_yaml(name), list(overrides))
     if data_root and not cfg.loader.path:
-        sub = cfg.name.split("-")[0]
-        cfg = load_config(DatasetConfig, cfg, [f"loader.path={Path(data_root).expanduser() / sub}"])
+        cfg = load_config(DatasetConfig, cfg, [f"loader.path={Path(data_root).expanduser() / cfg.data_dir}"])
     return cfg

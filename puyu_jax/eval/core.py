@@ -58,13 +58,16 @@ def score(cfg: DatasetConfig | Dataset, predictions: list[dict], *, judge=None,
             pred = [postprocess(c.postprocessor, t) for t in raw]
         else:
             pred = postprocess(c.postprocessor, raw) if gen else raw
-        preds.append({"pred": pred, "gold": p["gold"]})
+        preds.append({"pred": pred, "gold": p["gold"], "choices": p.get("choices"), "rule": p.get("rule")})
     res = run_evaluator(c.evaluator, rows, preds, judge=judge, cache=cache)
     extra = res.get("per_sample") or [{} for _ in preds]
+    raw = ("rule", "choices", "logprobs", "tokens", "chars", "greedy")  # option scoring: every option's numbers
     details = [{"id": p["id"], "prediction": p["prediction"], "pred": q["pred"], "gold": q["gold"],
-                "correct": ok, **x} for p, q, ok, x in zip(predictions, preds, res["correct"], extra)]
+                "correct": ok, **{k: p[k] for k in raw if k in p}, **x}
+               for p, q, ok, x in zip(predictions, preds, res["correct"], extra)]
     return {"dataset": c.name, "abbr": c.label, "group": c.group, "metric": res["metric"],
-            "score": round(res["score"], 4), "metrics": res["metrics"], "num_samples": len(preds), "details": details}
+            "score": round(res["score"], 4), "metrics": res["metrics"], "num_samples": len(preds),
+            "num_skipped": len(ds.skipped), "skipped": ds.skipped[:20], "details": details}
 
 
 def evaluate(backend, cfg: DatasetConfig, *, cache: PredictionCache | None = None, meta: str = "", judge=None,

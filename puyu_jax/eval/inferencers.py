@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from puyu_jax.eval.cache import PredictionCache, request_key
 from puyu_jax.eval.datasets import Dataset
-from puyu_jax.eval.prompts import build_prompt, continuations
+from puyu_jax.eval.prompts import build_prompt, options
 
 
 def _cached_map(backend, kind: str, payloads: list, compute: Callable[[list], list], cache: PredictionCache | None,
@@ -42,14 +42,19 @@ def _cached_map(backend, kind: str, payloads: list, compute: Callable[[list], li
     return out
 
 
-def _option_value(score: Sequence, continuation: str, kind: str, normalize: str) -> float:
-    """Lower is better: mean token NLL (ppl/token), NLL per char, total NLL; -logprob for loglikelihood."""
-    logprob, tokens = score[0], score[1]
-    if kind == "loglikelihood" or normalize == "none":
-        return -logprob
-    if normalize == "char":
-        return -logprob / max(1, len(continuation))
-    return -logprob / max(1, tokens)
+RULES = ("acc", "acc_norm", "acc_nll")  # the decision rules of option scoring (see InferencerConfig)
+PRIMARY = {"none": "acc", "char": "acc_norm", "token": "acc_nll"}
+
+
+def decide(logprobs: Sequence[float], tokens: Sequence[int], chars: Sequence[int]) -> dict[str, int]:
+    """The option index each rule picks (ties: the first, as numpy's argmax).
+
+    acc: max summed log-prob; acc_norm: max log-prob / characters of the option text (lm-eval);
+    acc_nll: min mean token NLL, i.e. max log-prob / tokens (OpenCompass PPL)."""
+    n = range(len(logprobs))
+    return {"acc": max(n, key=lambda j: logprobs[j]),
+            "acc_norm": max(n, key=lambda j: logprobs[j] / max(1, chars[j])),
+            "acc_nll": max(n, key=lambda j: logprobs[j] / max(1, tokens[j]))}
 
 
 def infer(backend, ds: Dataset, rows: Sequence[dict], *, cache: PredictionCache | None = None, meta: str = "",
@@ -57,26 +62,31 @@ def infer(backend, ds: Dataset, rows: Sequence[dict], *, cache: PredictionCache 
     """Raw predictions for `rows` of `ds`.
 
     Returns:
-      one dict per row: id, gold, prompt and prediction (the chosen label for ppl /
-      loglikelihood, with per-option `values` and `greedy`; the text, or one text per turn,
-      for gen).
+      one dict per row: id, gold, prompt and prediction. Option scoring (ppl / loglikelihood):
+      the label the dataset's rule picks, `choices` ({rule: label} for acc / acc_norm /
+      acc_nll), and per option label the raw summed `logprobs`, `tokens`, `chars` (option text
+      length) and `greedy`. gen: the text, or one text per turn.
     """
     icfg = ds.cfg.inferencer
     desc = f"{ds.cfg.label} [{icfg.type}]"
     if icfg.type in ("ppl", "loglikelihood"):
+        primary = "acc" if icfg.type == "loglikelihood" else PRIMARY[icfg.normalize]
         prompts = [build_prompt(ds, r, meta) for r in rows]
-        options = [continuations(ds, r, meta) for r in rows]
-        flat = [[p, c] for p, opts in zip(prompts, options) for _, c in opts]
+        opts = [options(ds, r, meta) for r in rows]
+        flat = [[p, c] for p, os_ in zip(prompts, opts) for _, c, _ in os_]
         scores = _cached_map(backend, "ll", flat, lambda reqs: [list(s) for s in backend.loglikelihood(
             [tuple(x) for x in reqs])], cache, chunk, desc, progress)
         out, k = [], 0
-        for row, prompt, opts in zip(rows, prompts, options):
-            vals = [_option_value(scores[k + j], c, icfg.type, icfg.normalize) for j, (_, c) in enumerate(opts)]
-            best = min(range(len(opts)), key=lambda j: vals[j])
-            out.append({"id": row["_id"], "gold": ds.gold(row), "prompt": prompt, "prediction": opts[best][0],
-                        "values": dict(zip([lab for lab, _ in opts], vals)),
-                        "greedy": [bool(scores[k + j][2]) for j in range(len(opts))]})
-            k += len(opts)
+        for row, prompt, os_ in zip(rows, prompts, opts):
+            sc = scores[k:k + len(os_)]
+            labels = [lab for lab, _, _ in os_]
+            lp, toks, chars = [float(s[0]) for s in sc], [int(s[1]) for s in sc], [len(t) for _, _, t in os_]
+            picks = {rule: labels[j] for rule, j in decide(lp, toks, chars).items()}
+            out.append({"id": row["_id"], "gold": ds.gold(row), "prompt": prompt, "prediction": picks[primary],
+                        "rule": primary, "choices": picks, "logprobs": dict(zip(labels, lp)),
+                        "tokens": dict(zip(labels, toks)), "chars": dict(zip(labels, chars)),
+                        "greedy": dict(zip(labels, (bool(s[2]) for s in sc)))})
+            k += len(os_)
         return out
     gen = lambda ps: backend.generate(ps, icfg.max_out_len, icfg.stops)  # noqa: E731
     gen_payload = lambda p: [p, icfg.max_out_len, list(icfg.stops)]  # noqa: E731

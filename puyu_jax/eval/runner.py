@@ -54,14 +54,21 @@ def dataset_configs(cfg: EvalConfig) -> list[DatasetConfig]:
 
 
 def plan(cfg: EvalConfig) -> list[Task]:
-    """Every (model, dataset, shard) of the run, datasets split into `shard_size` rows."""
+    """Every (model, dataset, shard) of the run, datasets split into `shard_size` rows.
+
+    Every dataset is read and its first rows rendered under each model's meta template here,
+    before any model loads: a bad file, line, column or template field stops the run at once
+    (a one-line DatasetError)."""
     from puyu_jax.eval.core import num_shards
-    from puyu_jax.eval.datasets import load_dataset
+    from puyu_jax.eval.datasets import validate_dataset
 
     tasks = []
+    models = cfg.model_specs
     for d in dataset_configs(cfg):
-        n = num_shards(len(load_dataset(d).test), cfg.shard_size)
-        for m in cfg.model_specs:
+        for meta in sorted({m.meta for m in models}):
+            ds = validate_dataset(d, meta)
+        n = num_shards(len(ds.test), cfg.shard_size)
+        for m in models:
             tasks += [Task(m, d, i, n) for i in range(n)]
     return tasks
 
@@ -105,7 +112,7 @@ def run_task(spec: dict, backend=None, progress: bool = True) -> Path:
 
     model = from_dict(ModelSpec, spec["model"])
     dataset = from_dict(DatasetConfig, spec["dataset"])
-    backend = backend if backend is not None else make_backend(model)
+    backend = backend if backend is not None else make_backend(model, dataset)
     cache = PredictionCache(spec["cache"], writer=spec["name"].replace("/", "__") + f".{os.getpid()}")
     preds = predict(backend, dataset, shard=spec["shard"], shards=spec["shards"], cache=cache, meta=model.meta,
                     progress=progress)
@@ -154,9 +161,11 @@ def _run_local(tasks, specs, work: Path, jobs: int, progress: bool) -> None:
 
         for task, (spec, _) in zip(tasks, specs):
             key = json.dumps(to_dict(task.model), sort_keys=True)
+            if task.model.type == "gold":  # it knows one dataset's answers
+                key += task.dataset.name
             if key not in backends:
                 backends.clear()  # one model in memory at a time
-                backends[key] = make_backend(task.model)
+                backends[key] = make_backend(task.model, task.dataset)
             run_task(spec, backends[key], progress)
         return
     gpus = _gpu_count()
@@ -272,6 +281,6 @@ def run_eval(cfg: EvalConfig, *, reuse: bool | str = False, runner: str = "local
                 res["model"] = m.abbr
                 _write_json(out, res)
             results.setdefault(m.abbr, {})[d.label] = res
-    paths = write_summary(results, work / "summary")
+    paths = write_summary(results, work / "summary", groups=cfg.summary_groups)
     return {"work_dir": str(work), "results": {m: {d: r["score"] for d, r in v.items()} for m, v in results.items()},
             "summary": paths}

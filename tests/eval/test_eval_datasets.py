@@ -11,18 +11,26 @@ from eval_helpers import StandinJudge
 
 from puyu_jax.config import ConfigError, load_config
 from puyu_jax.eval import ConstantBackend, EvalConfig, GoldBackend, evaluate, load_dataset, load_dataset_config
-from puyu_jax.eval.config import REPO_ROOT
+from puyu_jax.eval.config import REPO_ROOT, DatasetError
+from puyu_jax.eval.datasets import validate_dataset
 
-PPL = ["mmlu", "arc-e", "arc-c", "boolq", "piqa", "hellaswag", "winogrande"]
-GEN = ["mmlu-gen", "gsm8k", "cmrc2018", "humaneval"]
+PPL = ["mmlu", "arc-e", "arc-c", "boolq", "piqa", "hellaswag", "winogrande", "ceval", "agieval", "csl", "race-middle",
+       "race-high", "openbookqa"]
+GEN = ["mmlu-gen", "gsm8k", "cmrc2018", "humaneval", "triviaqa", "nq", "xsum", "bbh", "mbpp", "math500"]
+# RACE-high ships no subset; its config is checked on the RACE-middle file (the same layout)
+OVERRIDES = {"race-high": ["loader.test=test/middle.jsonl"]}
 
 
 def test_every_dataset_yaml_loads():
     names = sorted(Path(p).stem for p in glob.glob(str(REPO_ROOT / "configs/eval/datasets/*.yaml")))
     assert set(PPL + GEN + ["mt_bench"]) <= set(names)
     for n in names:
-        ds = load_dataset(load_dataset_config(n))
+        if n == "race-high":
+            with pytest.raises(DatasetError, match="race/test/high.jsonl not found"):
+                load_dataset(load_dataset_config(n))
+        ds = validate_dataset(load_dataset_config(n, OVERRIDES.get(n, ())))
         assert 8 <= len(ds.test) <= 40, n  # the shipped subsets: a few dozen items each
+        assert not ds.skipped, n
     for f in glob.glob(str(REPO_ROOT / "configs/eval/*.yaml")):
         load_config(EvalConfig, f)
 
@@ -38,12 +46,13 @@ def test_bad_keys_name_themselves():
 
 @pytest.mark.parametrize("name", PPL)
 def test_ppl_gold_and_constant(name):
-    cfg = load_dataset_config(name)
+    cfg = load_dataset_config(name, OVERRIDES.get(name, ()))
     ds = load_dataset(cfg)
     assert evaluate(GoldBackend(ds), cfg)["score"] == 100.0
     res = evaluate(ConstantBackend(), cfg)
     # equal scores tie and the first option wins: the chance level of "always the first option"
-    first = [ds.cfg.prompt.continuations and next(iter(ds.cfg.prompt.continuations)) or "0" for _ in ds.test]
+    first = [ds.cfg.prompt.continuations and next(iter(ds.cfg.prompt.continuations))
+             or (ds.cfg.prompt.option_labels or "0")[0] for _ in ds.test]
     rows = {r["_id"]: r for r in ds.test}
     if cfg.evaluator.average_by:  # MMLU: the mean over subjects of the per-subject rates
         by: dict = {}
@@ -53,7 +62,7 @@ def test_ppl_gold_and_constant(name):
     else:
         expected = 100 * sum(ds.gold(rows[d["id"]]) == f for d, f in zip(res["details"], first)) / len(ds.test)
     assert res["score"] == pytest.approx(expected, abs=1e-3)
-    n_options = len(ds.cfg.prompt.continuations or ds.test[0]["options"])
+    n_options = len(ds.cfg.prompt.continuations or ds.test[0][ds.cfg.prompt.options_column])
     assert abs(res["score"] - 100 / n_options) <= 40  # near chance on a few dozen items
 
 
@@ -67,6 +76,13 @@ def test_gen_gold_and_constant(name):
     if name == "mmlu-gen":  # "A" extracted as option A: the share of A answers
         share_a = 100 * sum(r["answer"] == "A" for r in ds.test) / len(ds.test)
         assert const["metrics"]["accuracy"] == pytest.approx(share_a)
+    elif name == "bbh":  # "A" read as option (A): per task the share of (A) targets, averaged
+        by: dict = {}
+        for r in ds.test:
+            by.setdefault(r["subject"], []).append(r["target"] == "(A)")
+        assert const["score"] == pytest.approx(sum(100 * sum(v) / len(v) for v in by.values()) / len(by), abs=1e-3)
+    elif name == "xsum":  # a one-word summary: only the unigram "a" can overlap
+        assert const["metrics"]["rouge2"] == 0.0 and 0 < const["score"] < 10
     else:
         assert const["score"] == 0.0
     assert len(gold["details"]) == len(ds.test)

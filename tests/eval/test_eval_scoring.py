@@ -70,3 +70,59 @@ def test_judge_rating_extraction():
     assert extract_rating("good answer. Rating: [[8]]") == 8.0
     assert extract_rating("Rating: [7.5]") == 7.5
     assert extract_rating("no rating here") == -1.0
+
+
+@pytest.mark.parametrize("text,want", [
+    ("Let's see. So the answer is (B).", "(B)"), ("(A)", "(A)"), ("So the answer is True.", "True"),
+    ("So the answer is valid.\nQ: next", "valid"), ("So the answer is 12/14/1937.", "12/14/1937"),
+    ("So the answer is C.", "(C)"), ("no marker here", "no marker here"),
+])
+def test_bbh_answer(text, want):
+    from puyu_jax.eval.postprocess import bbh_answer
+
+    assert bbh_answer(text) == want
+
+
+def test_mbpp_code_extraction():
+    from puyu_jax.eval.postprocess import mbpp_code
+
+    assert mbpp_code("'def f(x):\n    return x'\n[DONE]") == "def f(x):\n    return x"
+    assert mbpp_code("[BEGIN]\n```python\ndef f():\n    return 1\n```\n[DONE] trailing") == "def f():\n    return 1"
+    assert mbpp_code("def f():\r\n  return 1") == "def f():\r\n  return 1"
+
+
+@pytest.mark.parametrize("text,want", [
+    (r"so $x = \boxed{\frac{1}{2}}$.", r"\frac{1}{2}"),
+    (r"\boxed{\left( 3, \frac{\pi}{2} \right)}", r"\left( 3, \frac{\pi}{2} \right)"),
+    ("The answer is $5$.", "5"), ("just 42", "just 42"),
+])
+def test_math_answer(text, want):
+    from puyu_jax.eval.postprocess import math_answer
+
+    assert math_answer(text) == want
+
+
+@pytest.mark.parametrize("a,b,same", [
+    (r"\dfrac{1}{2}", "0.5", True), (r"\frac12", r"\frac{1}{2}", True), (r"10\%", "10", True),
+    (r"\text{Evelyn}", "Evelyn", True), ("1,000", "1000", True), (r"90^\circ", "90", True), ("x = 3", "3", True),
+    (r"\left( 3, \frac{\pi}{2} \right)", r"(3,\frac{\pi}{2})", True), ("3", "4", False),
+    (r"\frac{1}{3}", "0.33", False),
+])
+def test_math_equivalence(a, b, same):
+    from puyu_jax.eval.evaluators import math_equal
+
+    assert math_equal(a, b) is same
+
+
+def test_open_qa_and_rouge():
+    from puyu_jax.eval.evaluators import normalize_answer, qa_em, rouge
+
+    assert normalize_answer("The  Allstars!") == "allstars"
+    rows = [{"aliases": ["The Allstars", "AllSTARS"]}, {"aliases": ["Black Sea"]}]
+    preds = [{"pred": "allstars.", "gold": "The Allstars"}, {"pred": "the Red Sea", "gold": "Black Sea"}]
+    res = qa_em(rows, preds, EvaluatorConfig(type="qa_em", answers_column="aliases"))
+    assert res["correct"] == [True, False] and res["score"] == 50.0 and res["metrics"]["f1"] == pytest.approx(75.0)
+    out = rouge([{}, {}], [{"pred": "the cat sat on the mat", "gold": "the cat sat on the mat"},
+                           {"pred": "dogs bark", "gold": "the cat sat on the mat"}], EvaluatorConfig(type="rouge"))
+    assert out["metrics"]["rouge1"] == pytest.approx(50.0) and out["correct"] == [True, False]
+    assert out["metric"] == "rougeL" and out["per_sample"][1]["rouge2"] == 0.0

@@ -1,23 +1,44 @@
-"""Dataset loaders: a file or directory -> {"test": rows, "dev": rows}, rows as plain dicts.
+"""Dataset loaders: a file or directory -> {"test": rows, "dev": rows, "skipped": [...]}, rows as
+plain dicts.
 
-Generic loaders (jsonl, json, csv, tar.gz of csv files) keep the rows as they are; the
-named ones turn a benchmark's own layout (as in shared/data/eval) into flat rows with an
-`options` list and a string `answer` where the benchmark has choices.
+Generic loaders (jsonl, json, csv / tsv, tar.gz of csv files) keep the rows as they are, apply
+the loader's row transforms (see `LoaderConfig`) and accept glob patterns; the named ones turn
+a benchmark's own layout (as in shared/data/eval) into flat rows with an `options` list and a
+string `answer` where the benchmark has choices.
+
+A malformed line (bad JSON, a CSV row with the wrong number of fields, a record that is not
+a mapping) is named by file and line: counted in `skipped` and left out, or with
+`loader.strict` raised as a `DatasetError`.
 """
 
 from __future__ import annotations
 
 import bz2
 import csv
+import glob
 import gzip
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
-from puyu_jax.eval.config import LoaderConfig
+from puyu_jax.eval.config import DatasetError, LoaderConfig
 
 LETTERS = "ABCDEFGH"
+
+
+class Skips:
+    """Malformed lines seen while reading: `strict` raises on the first, else they are collected."""
+
+    def __init__(self, strict: bool = False):
+        self.strict, self.items = strict, []
+
+    def add(self, path, line: int, reason: str) -> None:
+        msg = f"{path}:{line}: {reason}"
+        if self.strict:
+            raise DatasetError(f"malformed record at {msg} (loader.strict=true)")
+        self.items.append(msg)
 
 
 def _open_text(path: Path):
@@ -28,30 +49,73 @@ def _open_text(path: Path):
     return open(path, encoding="utf-8")
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path, skips: Skips | None = None) -> list[dict]:
+    """One JSON object per line; blank lines are ignored, malformed ones reported to `skips`."""
+    skips = skips if skips is not None else Skips(strict=True)
+    rows = []
     with _open_text(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                skips.add(path, n, f"invalid JSON ({e.msg} at column {e.colno})")
+                continue
+            if not isinstance(rec, dict):
+                skips.add(path, n, f"expected a JSON object, got {type(rec).__name__}")
+                continue
+            rows.append(rec)
+    return rows
 
 
-def read_json(path: Path) -> list[dict]:
+def read_json(path: Path, records_key: str = "") -> list[dict]:
+    """A JSON list of records, or the list under `records_key` (default: "data" when present)."""
     with _open_text(path) as f:
-        data = json.load(f)
-    if isinstance(data, dict) and "data" in data:
-        data = data["data"]
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+    key = records_key or ("data" if isinstance(data, dict) and "data" in data else "")
+    if key:
+        if not isinstance(data, dict) or key not in data:
+            raise DatasetError(f"{path}: no key {key!r} at the top level (loader.records_key)")
+        data = data[key]
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a list of records (or {{'data': [...]}})")
+        raise DatasetError(f"{path}: expected a list of records (or set loader.records_key)")
     return data
 
 
-def read_csv(path: Path | io.TextIOBase, header: bool = True, fieldnames=None) -> list[dict]:
+def read_csv(path: Path | io.TextIOBase, header: bool = True, fieldnames=None, delimiter: str = "",
+             skips: Skips | None = None, name: str = "") -> list[dict]:
+    """Rows of a CSV / TSV file (tab for `.tsv` unless `delimiter` is given); a row whose field
+    count differs from the header's is reported to `skips`."""
+    skips = skips if skips is not None else Skips(strict=True)
+    name = name or str(path)
+    if not delimiter:
+        delimiter = "\t" if isinstance(path, Path) and path.suffix == ".tsv" else ","
     f = _open_text(path) if isinstance(path, Path) else path
+    rows = []
     with f:
+        reader = csv.reader(f, delimiter=delimiter)
+        cols = list(fieldnames) if fieldnames else None
         if header:
-            return list(csv.DictReader(f, fieldnames=fieldnames))
-        return [dict(zip(fieldnames, r)) for r in csv.reader(f)]
+            first = next(reader, None)
+            if first is None:
+                return []
+            cols = cols or first
+        for rec in reader:
+            if not rec:
+                continue
+            if len(rec) != len(cols):
+                skips.add(name, reader.line_num, f"{len(rec)} fields, the header has {len(cols)} "
+                                                 f"(delimiter {delimiter!r}; set loader.delimiter?)")
+                continue
+            rows.append(dict(zip(cols, rec)))
+    return rows
 
 
-def read_tar_csv(path: Path, pattern: str = "") -> list[dict]:
+def read_tar_csv(path: Path, pattern: str = "", skips: Skips | None = None) -> list[dict]:
     """Rows of every `.csv` member (sorted by name) of a tar.gz; each row gets a `_file` column."""
     rows = []
     with tarfile.open(path) as tf:
@@ -59,7 +123,7 @@ def read_tar_csv(path: Path, pattern: str = "") -> list[dict]:
             if pattern and pattern not in m.name:
                 continue
             text = io.TextIOWrapper(tf.extractfile(m), encoding="utf-8")
-            for r in read_csv(text):
+            for r in read_csv(text, skips=skips, name=f"{path}:{m.name}"):
                 rows.append({**r, "_file": Path(m.name).name})
     return rows
 
@@ -69,19 +133,83 @@ def _file(base: Path, name: str) -> Path:
         return base
     p = base / name
     if not p.exists():
-        raise FileNotFoundError(f"dataset file {p} not found")
+        raise DatasetError(f"dataset file {p} not found")
     return p
 
 
-def _generic(cfg: LoaderConfig, base: Path, name: str) -> list[dict]:
-    p = _file(base, name)
-    if cfg.type == "jsonl":
-        return read_jsonl(p)
-    if cfg.type == "json":
-        return read_json(p)
-    if cfg.type == "csv":
-        return read_csv(p)
-    return read_tar_csv(p)
+def _files(base: Path, pattern: str) -> list[Path]:
+    """The files of a split: `base` itself, `base/pattern`, or the sorted matches of a glob."""
+    if base.is_file():
+        return [base]
+    if any(c in pattern for c in "*?["):
+        found = sorted(Path(p) for p in glob.glob(str(base / pattern)))
+        if not found:
+            raise DatasetError(f"no dataset file matches {base / pattern}")
+        return found
+    return [_file(base, pattern)]
+
+
+def _flatten(row: dict, prefix: str = "") -> dict:
+    """Nested mappings also as dotted columns: {"a": {"b": 1}} -> {"a": {...}, "a.b": 1}."""
+    out = {}
+    for k, v in row.items():
+        key = f"{prefix}{k}"
+        out[key] = v
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+    return out
+
+
+def _transform(cfg: LoaderConfig, base: Path, path: Path, rows: list[dict], skips: Skips) -> list[dict]:
+    stem = path.name.split(".")[0] if path.suffix in (".gz", ".bz2") else path.stem
+    pat = re.compile(cfg.subject_pattern) if cfg.subject_pattern else None
+    out = []
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            skips.add(path, i + 1, f"record {i} is {type(r).__name__}, not a mapping")
+            continue
+        r = {"_file": stem, **_flatten(r)}
+        if pat:
+            m = pat.fullmatch(stem)
+            if not m:
+                raise DatasetError(f"{path}: loader.subject_pattern {cfg.subject_pattern!r} does not match {stem!r}")
+            subject = m.group(1) if m.groups() else m.group(0)
+            r["subject"], r["subject_name"] = subject, subject.replace("_", " ")
+        for col, sep in cfg.split.items():
+            if col not in r:
+                raise DatasetError(f"{path}: loader.split names column {col!r}, which the rows lack "
+                                   f"(columns: {', '.join(sorted(k for k in r if not k.startswith('_')))})")
+            r[col] = [x.strip() for x in re.split(sep, str(r[col])) if x.strip()]
+        for col, tmpl in cfg.attach.items():
+            try:
+                rel = tmpl.format_map(r)
+            except KeyError as e:
+                raise DatasetError(f"loader.attach.{col}={tmpl!r} uses column {e}, which the rows lack") from None
+            r[col] = _file(base if base.is_dir() else base.parent, rel).read_text(encoding="utf-8")
+        out.append(r)
+    return out
+
+
+def _slice(rows: list, spec: str) -> list:
+    if not spec:
+        return rows
+    a, b = (int(x) if x.strip() else None for x in spec.split(":"))
+    return rows[a:b]
+
+
+def _generic(cfg: LoaderConfig, base: Path, pattern: str, skips: Skips) -> list[dict]:
+    rows = []
+    for p in _files(base, pattern):
+        if cfg.type == "jsonl":
+            part = read_jsonl(p, skips)
+        elif cfg.type == "json":
+            part = read_json(p, cfg.records_key)
+        elif cfg.type == "csv":
+            part = read_csv(p, delimiter=cfg.delimiter, skips=skips)
+        else:
+            part = read_tar_csv(p, skips=skips)
+        rows += _transform(cfg, base, p, part, skips)
+    return rows
 
 
 def _arc(rows: list[dict]) -> list[dict]:
@@ -119,14 +247,14 @@ def _with_labels(rows: list[dict], base: Path, labels: str, offset: int) -> list
     return [{**r, "answer": str(int(lab) - offset)} for r, lab in zip(rows, lines)]
 
 
-def _piqa(base: Path, cfg: LoaderConfig) -> list[dict]:
-    rows = read_jsonl(_file(base, cfg.test or "valid.jsonl"))
+def _piqa(base: Path, cfg: LoaderConfig, skips: Skips) -> list[dict]:
+    rows = read_jsonl(_file(base, cfg.test or "valid.jsonl"), Skips(strict=True))
     rows = [{**r, "options": [r["sol1"], r["sol2"]]} for r in rows]
     return _with_labels(rows, base, cfg.labels or "valid-labels.lst", 0)
 
 
-def _winogrande(base: Path, cfg: LoaderConfig) -> list[dict]:
-    rows = read_jsonl(_file(base, cfg.test or "dev.jsonl"))
+def _winogrande(base: Path, cfg: LoaderConfig, skips: Skips) -> list[dict]:
+    rows = read_jsonl(_file(base, cfg.test or "dev.jsonl"), Skips(strict=True))
     out = []
     for r in rows:
         opts = [r["sentence"].replace("_", r[f"option{i}"]) for i in (1, 2)]
@@ -156,12 +284,12 @@ def _squad(path: Path) -> list[dict]:
     return rows
 
 
-def _humaneval(path: Path) -> list[dict]:
-    return [{**r, "answer": r["canonical_solution"]} for r in read_jsonl(path)]
+def _humaneval(path: Path, skips: Skips) -> list[dict]:
+    return [{**r, "answer": r["canonical_solution"]} for r in read_jsonl(path, skips)]
 
 
-def _mt_bench(base: Path, cfg: LoaderConfig) -> list[dict]:
-    rows = read_jsonl(_file(base, cfg.test or "question.jsonl"))
+def _mt_bench(base: Path, cfg: LoaderConfig, skips: Skips) -> list[dict]:
+    rows = read_jsonl(_file(base, cfg.test or "question.jsonl"), skips)
     refs: dict[int, list[str]] = {}
     ref_file = (base if base.is_dir() else base.parent) / "reference_answer" / "gpt-4.jsonl"
     if ref_file.exists():
@@ -170,30 +298,47 @@ def _mt_bench(base: Path, cfg: LoaderConfig) -> list[dict]:
     return [{**r, "reference": r.get("reference") or refs.get(r["question_id"], []), "answer": ""} for r in rows]
 
 
-def load_rows(cfg: LoaderConfig, base: Path) -> dict[str, list[dict]]:
-    """All splits of a dataset: {"test": [...], "dev": [...]} ("dev" may be empty)."""
+def load_rows(cfg: LoaderConfig, base: Path) -> dict[str, list]:
+    """All splits of a dataset: {"test": [...], "dev": [...], "skipped": ["file:line: reason", ...]}
+    ("dev" may be empty). Raises DatasetError (a one-line message) when the data cannot be read."""
     if not base.exists():
-        raise FileNotFoundError(f"dataset path {base} not found")
+        raise DatasetError(f"dataset path {base} not found")
+    skips = Skips(cfg.strict)
+    try:
+        out = _load(cfg, base, skips)
+    except (KeyError, IndexError, ValueError, TypeError) as e:
+        if isinstance(e, DatasetError):
+            raise
+        raise DatasetError(f"{base}: the {cfg.type} loader cannot read this layout ({type(e).__name__}: {e})") from None
+    out["test"] = _slice(out["test"], cfg.test_rows)
+    out["dev"] = _slice(out["dev"], cfg.dev_rows)
+    out["skipped"] = skips.items
+    return out
+
+
+def _load(cfg: LoaderConfig, base: Path, skips: Skips) -> dict[str, list]:
     t = cfg.type
     if t == "mmlu":
         return _mmlu(base, cfg)
     if t in ("jsonl", "json", "csv", "tar.gz"):
         default = {"jsonl": "test.jsonl", "json": "test.json", "csv": "test.csv", "tar.gz": "test.tar.gz"}[t]
-        test = _generic(cfg, base, cfg.test or default)
-        dev = _generic(cfg, base, cfg.dev) if cfg.dev else []
+        test = _generic(cfg, base, cfg.test or default, skips)
+        dev = _generic(cfg, base, cfg.dev, skips) if cfg.dev else []
+        if cfg.dev and cfg.dev == cfg.test and not (cfg.test_rows or cfg.dev_rows):
+            raise DatasetError("loader.dev is the test file: set loader.test_rows / loader.dev_rows to split it")
         return {"test": test, "dev": dev}
     if t == "arc":
-        return {"test": _arc(read_jsonl(_file(base, cfg.test))),
-                "dev": _arc(read_jsonl(_file(base, cfg.dev))) if cfg.dev else []}
+        return {"test": _arc(read_jsonl(_file(base, cfg.test), skips)),
+                "dev": _arc(read_jsonl(_file(base, cfg.dev), skips)) if cfg.dev else []}
     if t == "piqa":
-        return {"test": _piqa(base, cfg), "dev": []}
+        return {"test": _piqa(base, cfg, skips), "dev": []}
     if t == "winogrande":
-        return {"test": _winogrande(base, cfg), "dev": []}
+        return {"test": _winogrande(base, cfg, skips), "dev": []}
     if t == "hellaswag":
         return {"test": _hellaswag(base, cfg), "dev": []}
     if t == "squad":
         return {"test": _squad(_file(base, cfg.test or "cmrc2018_dev.squad.json")),
                 "dev": _squad(_file(base, cfg.dev)) if cfg.dev else []}
     if t == "humaneval":
-        return {"test": _humaneval(_file(base, cfg.test or "HumanEval.jsonl.gz")), "dev": []}
-    return {"test": _mt_bench(base, cfg), "dev": []}
+        return {"test": _humaneval(_file(base, cfg.test or "HumanEval.jsonl.gz"), skips), "dev": []}
+    return {"test": _mt_bench(base, cfg, skips), "dev": []}
