@@ -27,6 +27,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
+from puyu_jax.kernels.target import kernel_backend
+
 __all__ = ["paged_attention", "paged_attention_reference", "quantize_kv", "dequantize_kv"]
 
 # Finite stand-in for -inf: exp(MASK - m) underflows to 0 without producing NaN from inf - inf.
@@ -394,7 +396,7 @@ def paged_attention(q, k_pages, v_pages, lengths, block_tables, *, scale: float,
     The GPU kernel needs a power-of-two head dim and block_size >= 16 (Triton tile rules); in
     interpret mode any sizes work.
     """
-    backend = jax.default_backend()
+    backend = kernel_backend()
     if impl == "auto":
         impl = "reference" if backend == "cpu" else "pallas"
     if impl == "reference":

@@ -1,0 +1,109 @@
+"""`puyu aot {train,finetune,serve} CONFIG --topology T`: compile a real step for a TPU slice here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+GIB = 2**30
+
+
+def _fmt_bytes(n: float) -> str:
+    return f"{n / GIB:,.2f} GiB"
+
+
+def _fmt_s(t: float) -> str:
+    return f"{t * 1e3:,.1f} ms" if t < 10 else f"{t:,.1f} s"
+
+
+def report_rows(r) -> list[tuple[str, str]]:
+    """(label, value) lines of a Report, in reading order."""
+    coll = ", ".join(f"{k} x{v}" for k, v in r.collectives.items()) or "none"
+    return [
+        ("step", f"{r.kind} on {r.devices} x {r.chip}"),
+        ("per device: arguments", _fmt_bytes(r.argument_bytes)),
+        ("per device: outputs (not aliased)", _fmt_bytes(r.output_bytes - r.alias_bytes)),
+        ("per device: temporaries", _fmt_bytes(r.temp_bytes)),
+        ("per device: total vs HBM", f"{_fmt_bytes(r.total_bytes)} of {_fmt_bytes(r.hbm_bytes)}: "
+                                     f"{'fits' if r.fits else 'DOES NOT FIT'}"),
+        ("FLOPs per step per device", f"{r.flops:.3e}"),
+        ("bytes accessed per device", _fmt_bytes(r.bytes_accessed)),
+        ("collectives (compiled HLO)", coll),
+        ("roofline step time", f"{_fmt_s(r.step_s)} ({r.bound}-bound; compute {_fmt_s(r.compute_s)}, "
+                               f"HBM {_fmt_s(r.memory_s)})"),
+        ("model FLOPs per step (all devices)", f"{r.model_flops:.3e}"),
+        ("MFU at the roofline bound", f"{r.mfu:.1%}"),
+        ("tokens/s at the bound", f"{r.tokens_per_s:,.0f}"),
+        ("lower / compile time", f"{r.lower_s:,.1f} s / {r.compile_s:,.1f} s"),
+    ] + [("note", n) for n in r.notes]
+
+
+def _cmd_aot(args) -> int:
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the compile needs no device
+    from rich.console import Console
+    from rich.table import Table
+
+    from puyu_jax.aot.compile import analyze, finetune_program, serve_decode_program, tpu_devices, train_program
+    from puyu_jax.config import ConfigError, load_config
+
+    devices = tpu_devices(args.topology)
+    if args.kind == "train":
+        from puyu_jax.train.config import TrainConfig
+
+        program = train_program(load_config(TrainConfig, args.config, args.overrides), devices)
+    elif args.kind == "finetune":
+        from puyu_jax.finetune.config import FinetuneConfig
+
+        program = finetune_program(load_config(FinetuneConfig, args.config, args.overrides), devices)
+    else:
+        from puyu_jax.serve.api.config import ServeConfig
+
+        program = serve_decode_program(load_config(ServeConfig, args.config, args.overrides), devices,
+                                       batch=args.batch, context=args.context, param_dtype=args.param_dtype)
+    report = analyze(program)
+    table = Table(title=f"puyu aot {args.kind} {args.config} --topology {args.topology}", show_header=False)
+    for label, value in report_rows(report):
+        table.add_row(label, value)
+    Console().print(table)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"command": " ".join(sys.argv), "topology": args.topology,
+                                               "config": args.config, "overrides": args.overrides,
+                                               **report.as_dict()}, indent=2))
+    if not report.fits:
+        hint = {"train": "lower batch_size or raise grad_accum, remat=full, or shard more (parallel.preset / a "
+                         "bigger topology)",
+                "finetune": "lower batch_size or data.seq_len, raise grad_accum, remat=full",
+                "serve-decode": "lower engine.kv_cache_memory_gb or engine.max_num_seqs, engine.quant=int4, "
+                                "engine.kv_dtype=int8, or raise engine.tp"}[report.kind]
+        raise ConfigError(f"{report.kind} needs {_fmt_bytes(report.total_bytes)} per device but a {report.chip} "
+                          f"has {_fmt_bytes(report.hbm_bytes)}: {hint}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "aot",
+        help="compile a train / finetune / serve step for a TPU topology here (no TPU needed): memory, FLOPs, roofline",
+        description="Compiles the real step with abstract inputs on the named TPU slice's device descriptions "
+                    "(libtpu, the `tpu` extra) and reports per-device memory against HBM, FLOPs, bytes, collectives "
+                    "and a roofline step time. See docs/aot.md.",
+        epilog="Examples:\n  puyu aot train configs/pretrain/internlm2-7b-pod.yaml --topology v5p:4x4x4\n"
+               "  puyu aot finetune configs/finetune/internlm2-7b-qlora.yaml --topology v5e:2x2\n"
+               "  puyu aot serve configs/serve/default.yaml --topology v5e:2x4 model=internlm2-7b "
+               "engine.tp=8 engine.dtype=bfloat16 engine.quant=int4",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("kind", choices=("train", "finetune", "serve"), help="which step: train, finetune, or serve (decode)")
+    p.add_argument("config", help="TrainConfig, FinetuneConfig or ServeConfig YAML")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the config")
+    p.add_argument("--topology", required=True, help="TPU slice, e.g. v5e:2x4, v5p:4x4x4, v4:2x2x2, v6e:2x2")
+    p.add_argument("--batch", type=int, default=0, help="serve: decode rows (default engine.max_num_seqs)")
+    p.add_argument("--context", type=int, default=0, help="serve: tokens per row's block table "
+                                                          "(default engine.max_model_len or the model's)")
+    p.add_argument("--param-dtype", default="", help="serve: parameter storage dtype (default the model config's)")
+    p.add_argument("--json", help="also write the report as JSON here")
+    p.set_defaults(fn=_cmd_aot)
