@@ -50,6 +50,10 @@ def _cmd_aot(args) -> int:
     from puyu_jax.config import ConfigError, load_config
 
     devices = tpu_devices(args.topology)
+    if args.devices:
+        if args.devices > len(devices):
+            raise ConfigError(f"--devices {args.devices}: the topology {args.topology} has {len(devices)}")
+        devices = devices[: args.devices]
     if args.kind == "train":
         from puyu_jax.train.config import TrainConfig
 
@@ -91,9 +95,10 @@ def add_parser(sub) -> None:
         description="Compiles the real step with abstract inputs on the named TPU slice's device descriptions "
                     "(libtpu, the `tpu` extra) and reports per-device memory against HBM, FLOPs, bytes, collectives "
                     "and a roofline step time. See docs/aot.md.",
-        epilog="Examples:\n  puyu aot train configs/pretrain/internlm2-7b-pod.yaml --topology v5p:4x4x4\n"
-               "  puyu aot finetune configs/finetune/internlm2-7b-qlora.yaml --topology v5e:2x2\n"
-               "  puyu aot serve configs/serve/default.yaml --topology v5e:2x4 model=internlm2-7b "
+        epilog="Options go before CONFIG, key=value overrides after it. Examples:\n"
+               "  puyu aot train --topology v5p:4x4x4 configs/pretrain/internlm2-7b-pod.yaml\n"
+               "  puyu aot finetune --topology v5e:1x1 configs/finetune/internlm2-7b-qlora.yaml\n"
+               "  puyu aot serve --topology v5e:2x4 configs/serve/default.yaml model=internlm2-7b "
                "engine.tp=8 engine.dtype=bfloat16 engine.quant=int4",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -101,6 +106,8 @@ def add_parser(sub) -> None:
     p.add_argument("config", help="TrainConfig, FinetuneConfig or ServeConfig YAML")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the config")
     p.add_argument("--topology", required=True, help="TPU slice, e.g. v5e:2x4, v5p:4x4x4, v4:2x2x2, v6e:2x2")
+    p.add_argument("--devices", type=int, default=0, help="use only the first N devices of the topology "
+                                                          "(e.g. 1 chip of v5e:2x2; default all)")
     p.add_argument("--batch", type=int, default=0, help="serve: decode rows (default engine.max_num_seqs)")
     p.add_argument("--context", type=int, default=0, help="serve: tokens per row's block table "
                                                           "(default engine.max_model_len or the model's)")

@@ -33,9 +33,11 @@ _COLLECTIVE_RE = re.compile(r"\s(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
 
 
 def quiet_libtpu_env() -> None:
-    """Dummy TPU host variables: without them libtpu logs start-up errors on a non-TPU host."""
+    """Dummy TPU host variables (without them libtpu logs start-up errors on a non-TPU host), and
+    no libtpu lockfile: compiling needs no chip, so several processes (pytest workers) may load it."""
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-4")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
 def tpu_devices(topology: str) -> list:

@@ -90,13 +90,16 @@ def tp_state_shardings(state: nnx.State, mesh: jax.sharding.Mesh):
     rules, _ = preset_rules("tp")
     logical = nnx.get_partition_spec(state)
 
-    def one(x, spec):
+    def one(spec, x):
+        if jax.tree.leaves(x) != [x]:  # a structured value (an Int4Weight's arrays): replicated
+            return jax.tree.map(lambda a: NamedSharding(mesh, P()), x)
         names = tuple(spec) if isinstance(spec, P) else ()
-        if not hasattr(x, "shape") or len(names) != len(x.shape):
-            names = (None,) * len(getattr(x, "shape", ()))
+        if len(names) != len(x.shape):
+            names = (None,) * len(x.shape)
         return NamedSharding(mesh, rules.spec(names, x.shape, mesh))
 
-    return jax.tree.map(one, state, logical)
+    # `logical` has one spec per Variable; the state may hold a pytree there (int4 weights).
+    return jax.tree.map(one, logical, state, is_leaf=lambda s: isinstance(s, P) or s is None)
 
 
 def tp_pool_sharding(cfg, mesh: jax.sharding.Mesh, ndim: int) -> NamedSharding:
