@@ -41,12 +41,38 @@ def report_rows(r) -> list[tuple[str, str]]:
     ] + [("note", n) for n in r.notes]
 
 
+HINTS = {
+    "train": "lower batch_size or raise grad_accum, remat=full, or shard more (parallel.preset / a bigger topology)",
+    "finetune": "lower batch_size or data.seq_len, raise grad_accum, remat=full",
+    "serve": "lower engine.kv_cache_memory_gb or engine.max_num_seqs, engine.quant=int4, engine.kv_dtype=int8, "
+             "or raise engine.tp",
+}
+
+
+def _compile(args, devices, load_config):
+    from puyu_jax.aot.compile import finetune_program, serve_decode_program, train_program
+
+    if args.kind == "train":
+        from puyu_jax.train.config import TrainConfig
+
+        return train_program(load_config(TrainConfig, args.config, args.overrides), devices)
+    if args.kind == "finetune":
+        from puyu_jax.finetune.config import FinetuneConfig
+
+        return finetune_program(load_config(FinetuneConfig, args.config, args.overrides), devices)
+    from puyu_jax.serve.api.config import ServeConfig
+
+    return serve_decode_program(load_config(ServeConfig, args.config, args.overrides), devices,
+                                batch=args.batch, context=args.context, param_dtype=args.param_dtype)
+
+
 def _cmd_aot(args) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the compile needs no device
+    import jax
     from rich.console import Console
     from rich.table import Table
 
-    from puyu_jax.aot.compile import analyze, finetune_program, serve_decode_program, tpu_devices, train_program
+    from puyu_jax.aot.compile import analyze, tpu_devices
     from puyu_jax.config import ConfigError, load_config
 
     devices = tpu_devices(args.topology)
@@ -54,19 +80,14 @@ def _cmd_aot(args) -> int:
         if args.devices > len(devices):
             raise ConfigError(f"--devices {args.devices}: the topology {args.topology} has {len(devices)}")
         devices = devices[: args.devices]
-    if args.kind == "train":
-        from puyu_jax.train.config import TrainConfig
-
-        program = train_program(load_config(TrainConfig, args.config, args.overrides), devices)
-    elif args.kind == "finetune":
-        from puyu_jax.finetune.config import FinetuneConfig
-
-        program = finetune_program(load_config(FinetuneConfig, args.config, args.overrides), devices)
-    else:
-        from puyu_jax.serve.api.config import ServeConfig
-
-        program = serve_decode_program(load_config(ServeConfig, args.config, args.overrides), devices,
-                                       batch=args.batch, context=args.context, param_dtype=args.param_dtype)
+    try:
+        program = _compile(args, devices, load_config)
+    except jax.errors.JaxRuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        if "RESOURCE_EXHAUSTED" not in first:
+            raise
+        # The TPU compiler itself refuses a program whose buffers exceed HBM.
+        raise ConfigError(f"{args.kind} does not fit: {first} ({HINTS[args.kind]})") from e
     report = analyze(program)
     table = Table(title=f"puyu aot {args.kind} {args.config} --topology {args.topology}", show_header=False)
     for label, value in report_rows(report):
@@ -78,13 +99,8 @@ def _cmd_aot(args) -> int:
                                                "config": args.config, "overrides": args.overrides,
                                                **report.as_dict()}, indent=2))
     if not report.fits:
-        hint = {"train": "lower batch_size or raise grad_accum, remat=full, or shard more (parallel.preset / a "
-                         "bigger topology)",
-                "finetune": "lower batch_size or data.seq_len, raise grad_accum, remat=full",
-                "serve-decode": "lower engine.kv_cache_memory_gb or engine.max_num_seqs, engine.quant=int4, "
-                                "engine.kv_dtype=int8, or raise engine.tp"}[report.kind]
         raise ConfigError(f"{report.kind} needs {_fmt_bytes(report.total_bytes)} per device but a {report.chip} "
-                          f"has {_fmt_bytes(report.hbm_bytes)}: {hint}")
+                          f"has {_fmt_bytes(report.hbm_bytes)}: {HINTS[args.kind]}")
     return 0
 
 

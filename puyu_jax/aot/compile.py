@@ -29,7 +29,8 @@ from puyu_jax.aot.chips import Chip, chip_for
 from puyu_jax.config import ConfigError
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
-_COLLECTIVE_RE = re.compile(r"\s(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
+# `%name = TYPE opcode(`: TYPE is one token or a parenthesized tuple (no "=" inside).
+_INSTRUCTION_RE = re.compile(r"^\s+(?:ROOT\s+)?%\S+\s*=\s*(?:\(.*?\)|\S+)\s+([a-z][a-z0-9\-]*)\(")
 
 
 def quiet_libtpu_env() -> None:
@@ -138,10 +139,29 @@ class Report:
 
 
 def count_collectives(hlo_text: str) -> dict[str, int]:
-    """Collective ops in compiled HLO text (async `-start` halves counted once)."""
+    """Collective ops in compiled HLO text, by kind.
+
+    Async pairs count once (the `-start` half); TPU fuses some collectives into fusions whose
+    called computation names the collective (`all-reduce-scatter` is a reduce-scatter).
+    """
     counts = {c: 0 for c in COLLECTIVES}
-    for m in _COLLECTIVE_RE.finditer(hlo_text):
-        counts[m.group(1)] += 1
+    inside_fused_collective = False
+    for line in hlo_text.splitlines():
+        if line and not line[0].isspace():  # a computation header; a fused collective's body is skipped
+            inside_fused_collective = line.lstrip("%").startswith(COLLECTIVES)
+            continue
+        m = _INSTRUCTION_RE.search(line)
+        if inside_fused_collective:
+            continue
+        if not m:
+            continue
+        op = m.group(1)
+        op = op[: -len("-start")] if op.endswith("-start") else op
+        if op == "fusion" and (called := re.search(r"calls=%([a-z\-]+)", line)):
+            op = called.group(1).rstrip("-")
+            op = "reduce-scatter" if op.startswith("all-reduce-scatter") else op
+        if op in counts:
+            counts[op] += 1
     return {k: v for k, v in counts.items() if v}
 
 
