@@ -28,7 +28,7 @@ from jax.sharding import SingleDeviceSharding  # noqa: E402
 
 from puyu_jax.aot.chips import chip_for  # noqa: E402
 from puyu_jax.aot.compile import tpu_devices  # noqa: E402
-from puyu_jax.kernels import paged_attention as current  # noqa: E402
+current = importlib.import_module("puyu_jax.kernels.paged_attention")  # the module (the package exports the function)
 
 GRID_STEP_S = 0.35e-6  # Pallas TPU guide (matmul): fixed cost of one grid step
 B, H, KH, E, S, PAGES, TABLE = 32, 32, 8, 128, 16, 8192, 256  # 7B GQA decode, 4096-token tables
