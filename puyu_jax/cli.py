@@ -258,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.set_defaults(fn=_cmd_sweep)
 
     from puyu_jax.agent.cli import add_parser as add_agent_parser
+    from puyu_jax.aot.cli import add_parser as add_aot_parser
     from puyu_jax.data.cli import add_parser as add_data_parser
     from puyu_jax.eval.cli import add_parser as add_eval_parser
     from puyu_jax.finetune.cli import add_parser as add_finetune_parser
@@ -272,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_agent_parser(sub)
     add_serve_parser(sub)
     add_chat_parser(sub)
+    add_aot_parser(sub)
     return p
 
 

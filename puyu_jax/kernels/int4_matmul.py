@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from puyu_jax.kernels.target import kernel_backend
+
 __all__ = ["pack_int4", "unpack_int4", "int4_matmul", "int4_matmul_reference"]
 
 
@@ -104,29 +106,41 @@ def int4_matmul_reference(x: jax.Array, qweight: jax.Array, scales: jax.Array, z
     return y.astype(x.dtype)
 
 
-def _int4_kernel(xe_ref, xo_ref, qw_ref, s_ref, z_ref, o_ref, *, group_size: int, groups_per_step: int):
+def _int4_kernel(xe_ref, xo_ref, qw_ref, s_ref, z_ref, o_ref, *, group_size: int, groups_per_step: int,
+                 groups_per_load: int):
     """One (m tile, n tile) program; loops over K a `groups_per_step` groups at a time.
 
     Refs: xe/xo `[bm, K/2]` (even / odd columns of x), qw `[K/2, bn]`, s/z `[G, bn]`, o `[bm, bn]`.
+    Each load of x takes `groups_per_load` consecutive groups (`half * groups_per_load` columns):
+    Mosaic needs lane slices at multiples of 128, so on TPU groups of 128 rows (64 packed rows)
+    are loaded and dequantized two at a time and their weights stacked along sublanes.
     """
     bm, bn = o_ref.shape
     half = group_size // 2
+    width = half * groups_per_load
+    loads = groups_per_step // groups_per_load
     n_groups = s_ref.shape[0]
     dtype = xe_ref.dtype
 
     def step(t, acc):
-        # Static inner loop: one scale row per group keeps every load a plain 2-D tile
+        # Static inner loops: one scale row per group keeps every load a plain 2-D tile
         # (no in-kernel reshape), which both Triton and Mosaic lower directly.
-        for j in range(groups_per_step):
-            gi = t * groups_per_step + j
-            rows = pl.ds(pl.multiple_of(gi * half, half), half)
-            qw = qw_ref[rows, :].astype(jnp.int32)  # [half, bn]; int32: uint8 ALU ops are spotty
-            s = s_ref[pl.ds(gi, 1), :].astype(jnp.float32)  # [1, bn]
-            z = z_ref[pl.ds(gi, 1), :].astype(jnp.float32)
-            w_even = ((qw & 0xF).astype(jnp.float32) - z) * s
-            w_odd = ((qw >> 4).astype(jnp.float32) - z) * s
-            acc += jnp.dot(xe_ref[:, rows], w_even.astype(dtype), preferred_element_type=jnp.float32)
-            acc += jnp.dot(xo_ref[:, rows], w_odd.astype(dtype), preferred_element_type=jnp.float32)
+        for j in range(loads):
+            c = t * loads + j
+            cols = pl.ds(pl.multiple_of(c * width, width), width)
+            qw = qw_ref[cols, :].astype(jnp.int32)  # [width, bn]; int32: uint8 ALU ops are spotty
+            evens, odds = [], []
+            for u in range(groups_per_load):
+                gi = c * groups_per_load + u
+                s = s_ref[pl.ds(gi, 1), :].astype(jnp.float32)  # [1, bn]
+                z = z_ref[pl.ds(gi, 1), :].astype(jnp.float32)
+                q = qw if groups_per_load == 1 else qw[u * half:(u + 1) * half]
+                evens.append((((q & 0xF).astype(jnp.float32) - z) * s).astype(dtype))
+                odds.append((((q >> 4).astype(jnp.float32) - z) * s).astype(dtype))
+            w_even = evens[0] if groups_per_load == 1 else jnp.concatenate(evens, axis=0)
+            w_odd = odds[0] if groups_per_load == 1 else jnp.concatenate(odds, axis=0)
+            acc += jnp.dot(xe_ref[:, cols], w_even, preferred_element_type=jnp.float32)
+            acc += jnp.dot(xo_ref[:, cols], w_odd, preferred_element_type=jnp.float32)
         return acc
 
     acc = jax.lax.fori_loop(0, n_groups // groups_per_step, step, jnp.zeros((bm, bn), jnp.float32))
@@ -160,13 +174,21 @@ def _int4_pallas(x, qweight, scales, zeros, *, group_size, backend, interpret, b
     if block_k % group_size:
         raise ValueError(f"block_k={block_k} must be a multiple of group_size={group_size}")
     groups = k // group_size
-    per_step = max(1, min(block_k // group_size, groups))
+    half = group_size // 2
+    # Mosaic slices lanes at multiples of 128: on TPU, load x for 128 // half groups at once.
+    per_load = 1
+    if backend == "tpu" and half % 128:
+        per_load = min(128 // half, groups)  # a K narrower than one load is loaded whole
+        if 128 % half or groups % per_load:
+            raise ValueError(f"TPU int4_matmul: group_size={group_size} must divide 256 or be a multiple of 256, "
+                             f"and K={k} split into whole 256-row loads")
+    per_step = max(per_load, min(block_k // group_size, groups) // per_load * per_load)
     while groups % per_step:
-        per_step -= 1
+        per_step -= per_load
     # Splitting x into even / odd columns here (x is tiny next to W) lets the kernel pair them
     # with the low / high nibbles without strided loads.
     xe, xo = x[:, 0::2], x[:, 1::2]
-    kernel = functools.partial(_int4_kernel, group_size=group_size, groups_per_step=per_step)
+    kernel = functools.partial(_int4_kernel, group_size=group_size, groups_per_step=per_step, groups_per_load=per_load)
     grid = (m_pad // bm, n // bn)
     in_specs = [
         pl.BlockSpec((bm, k // 2), lambda i, j: (i, 0)),
@@ -192,6 +214,11 @@ def _int4_pallas(x, qweight, scales, zeros, *, group_size, backend, interpret, b
         in_specs=in_specs,
         out_specs=out_spec,
         compiler_params=params,
+        # XLA sees an opaque kernel otherwise (no FLOPs, no weight traffic in its cost analysis).
+        cost_estimate=pl.CostEstimate(
+            flops=2 * m_pad * k * n, transcendentals=0,
+            bytes_accessed=qweight.size + (scales.size + zeros.size) * scales.dtype.itemsize
+            + (m_pad * k + m_pad * n) * x.dtype.itemsize),
         interpret=interpret,
         name="int4_matmul",
     )(xe, xo, qweight, scales, zeros)
@@ -219,7 +246,7 @@ def int4_matmul(x: jax.Array, qweight: jax.Array, scales: jax.Array, zeros: jax.
     Returns:
       `[m, N]` in x.dtype; products accumulated in fp32.
     """
-    backend = jax.default_backend()
+    backend = kernel_backend()
     if impl == "auto":
         impl = "reference" if backend == "cpu" else "pallas"
     if impl == "reference":

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
+from puyu_jax.kernels.target import kernel_backend
+
 __all__ = ["paged_attention", "paged_attention_reference", "quantize_kv", "dequantize_kv"]
 
 # Finite stand-in for -inf: exp(MASK - m) underflows to 0 without producing NaN from inf - inf.
@@ -258,19 +260,25 @@ def _paged_gpu(q, k_pages, v_pages, lengths, block_tables, k_scale, v_scale, *, 
 # --------------------------------------------------------------------------- TPU kernel
 
 
-def _tpu_kernel(lengths_ref, bt_ref, q_ref, k_ref, v_ref, *refs, scale: float, window: int, quantized: bool):
-    """Grid (sequence, kv head, page); the page axis is sequential and accumulates in VMEM.
+def _tpu_kernel(lengths_ref, bt_ref, q_ref, *refs, scale: float, window: int, quantized: bool,
+                pages_per_block: int):
+    """Grid (sequence, kv head, block of pages); the block axis is sequential and accumulates in VMEM.
 
     Refs: lengths `[b]` and flat block tables `[b * p]` in SMEM (scalar prefetch); q `[g, e]`;
-    k/v `[s, e]` = the page picked by the index map; scales `[1, s]` when quantized; o `[g, e]`;
-    scratch m, l `[g, 1]` and acc `[g, e]` fp32.
+    `pages_per_block` K pages then as many V pages, each `[s, e]` (one DMA each, picked by its
+    index map); when quantized, the block's K and V scales `[k, pages_per_block * s]` (all kv
+    heads: a lane-dense tile); o `[g, e]`; scratch m, l `[g, 1]` and acc `[g, e]` fp32. The
+    block's pages are stacked into one `[pages_per_block * s, e]` operand: one q.k and one p.v
+    dot and one online-softmax update per block.
     """
+    ppb = pages_per_block
+    k_refs, v_refs = refs[:ppb], refs[ppb:2 * ppb]
+    rest = refs[2 * ppb:]
     if quantized:
-        ks_ref, vs_ref, o_ref, m_sc, l_sc, acc_sc = refs
-    else:
-        o_ref, m_sc, l_sc, acc_sc = refs
-    bi, i = pl.program_id(0), pl.program_id(2)
-    block_size = k_ref.shape[0]
+        ks_ref, vs_ref, *rest = rest
+    o_ref, m_sc, l_sc, acc_sc = rest
+    bi, ki, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    block_size = k_refs[0].shape[0]
     length = lengths_ref[bi]
     first, end = _page_range(length, block_size, window)
 
@@ -280,17 +288,18 @@ def _tpu_kernel(lengths_ref, bt_ref, q_ref, k_ref, v_ref, *refs, scale: float, w
         l_sc[...] = jnp.zeros(l_sc.shape, jnp.float32)
         acc_sc[...] = jnp.zeros(acc_sc.shape, jnp.float32)
 
-    @pl.when((i >= first) & (i < end))
+    # Blocks holding no attended page are skipped; inside a block, pages past the end (or before
+    # the window) repeat a neighbouring page's DMA and are masked out by position.
+    @pl.when((i * ppb < end) & ((i + 1) * ppb > first))
     def _step():
         q = q_ref[...]
-        k, v = k_ref[...], v_ref[...]
-        if quantized:
-            k = k.astype(q.dtype)
-            v = v.astype(q.dtype)
+        # int8 -> q.dtype is exact; the scales ride on the logits and on the p.v weights.
+        k = jnp.concatenate([r[...].astype(q.dtype) for r in k_refs], axis=0) if ppb > 1 else k_refs[0][...].astype(q.dtype)
+        v = jnp.concatenate([r[...].astype(q.dtype) for r in v_refs], axis=0) if ppb > 1 else v_refs[0][...].astype(q.dtype)
         logits = lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32) * scale
         if quantized:
-            logits = logits * ks_ref[...]
-        pos = i * block_size + lax.broadcasted_iota(jnp.int32, logits.shape, 1)
+            logits = logits * ks_ref[pl.ds(ki, 1), :]
+        pos = i * (ppb * block_size) + lax.broadcasted_iota(jnp.int32, logits.shape, 1)
         valid = pos < length
         if window:
             valid &= pos >= length - window
@@ -301,7 +310,7 @@ def _tpu_kernel(lengths_ref, bt_ref, q_ref, k_ref, v_ref, *refs, scale: float, w
         p = jnp.exp(logits - m_new)
         l_sc[...] = l_sc[...] * corr + jnp.sum(p, axis=1, keepdims=True)
         if quantized:
-            p = p * vs_ref[...]
+            p = p * vs_ref[pl.ds(ki, 1), :]
         acc_sc[...] = acc_sc[...] * corr + jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
         m_sc[...] = m_new
 
@@ -311,7 +320,20 @@ def _tpu_kernel(lengths_ref, bt_ref, q_ref, k_ref, v_ref, *refs, scale: float, w
         o_ref[...] = (acc_sc[...] / denom).astype(o_ref.dtype)
 
 
-def _paged_tpu(q, k_pages, v_pages, lengths, block_tables, k_scale, v_scale, *, scale, window, interpret):
+def _cost_estimate(q, k_pages, block_tables, quantized: bool) -> pl.CostEstimate:
+    """What a decode call moves and computes when every block-table entry is attended (the
+    upper bound; XLA otherwise sees an opaque kernel reading whole page pools)."""
+    b, h, e = q.shape
+    kh, _, s, _ = k_pages.shape
+    keys = b * kh * block_tables.shape[1] * s
+    kv_bytes = 2 * keys * e * k_pages.dtype.itemsize + (2 * keys * 4 if quantized else 0)
+    io_bytes = 2 * q.size * q.dtype.itemsize + block_tables.size * 4
+    return pl.CostEstimate(flops=4 * keys * (h // kh) * e, transcendentals=keys * (h // kh),
+                           bytes_accessed=kv_bytes + io_bytes)
+
+
+def _paged_tpu(q, k_pages, v_pages, lengths, block_tables, k_scale, v_scale, *, scale, window, interpret,
+               pages_per_block):
     from jax.experimental.pallas import tpu as pltpu
 
     b, h, e = q.shape
@@ -319,57 +341,75 @@ def _paged_tpu(q, k_pages, v_pages, lengths, block_tables, k_scale, v_scale, *, 
     g = h // kh
     p = block_tables.shape[1]
     quantized = k_scale is not None
+    ppb = max(1, min(pages_per_block, p))
+    if quantized and ppb < p:
+        # The block's scales are one lane tile row: a multiple of 128 keys, or the whole table.
+        lane_pages = max(1, 128 // s)
+        ppb = min(-(-ppb // lane_pages) * lane_pages, p)
+    blocks = -(-p // ppb)
+    bt = jnp.clip(block_tables, 0, n - 1).astype(jnp.int32)
 
     def page_of(bi, i, lengths_ref, bt_ref):
-        # Steps outside the attended pages repeat a neighbouring page index, so the pipeline
+        # Pages outside the attended range repeat a neighbouring page index, so the pipeline
         # issues no new DMA for them (and never reads an arbitrary table entry).
         first, end = _page_range(lengths_ref[bi], s, window)
         i = jnp.minimum(jnp.maximum(i, first), jnp.maximum(end - 1, 0))
-        return bt_ref[bi * p + i]
+        return bt_ref[bi * p + jnp.minimum(i, p - 1)]
 
-    page_spec = pl.BlockSpec((None, None, s, e), lambda bi, ki, i, L, T: (ki, page_of(bi, i, L, T), 0, 0))
-    in_specs = [pl.BlockSpec((None, None, g, e), lambda bi, ki, i, L, T: (bi, ki, 0, 0)), page_spec, page_spec]
-    args = [q.reshape(b, kh, g, e), k_pages, v_pages]
+    def page_spec(j):
+        return pl.BlockSpec((None, None, s, e), lambda bi, ki, i, L, T: (ki, page_of(bi, i * ppb + j, L, T), 0, 0))
+
+    in_specs = [pl.BlockSpec((None, None, g, e), lambda bi, ki, i, L, T: (bi, ki, 0, 0))]
+    in_specs += [page_spec(j) for j in range(ppb)] * 2
+    args = [q.reshape(b, kh, g, e)] + [k_pages] * ppb + [v_pages] * ppb
     if quantized:
-        # [k, n, 1, s]: a 2-D (1, s) tile per page keeps the scales lane-major in VMEM.
-        scale_spec = pl.BlockSpec((None, None, 1, s), lambda bi, ki, i, L, T: (ki, page_of(bi, i, L, T), 0, 0))
+        # The scales of each sequence's table, gathered outside the kernel ([b, k, p * s]: only what
+        # the kernel reads): a page's scales are a 16-float row of the pool, too narrow a tile
+        # for Mosaic, and reshaping the pool would copy all of it into a padded layout per call.
+        def table_scales(x):
+            x = x.astype(jnp.float32)[:, bt].transpose(1, 0, 2, 3).reshape(b, kh, p * s)
+            return jnp.pad(x, ((0, 0), (0, 0), (0, (blocks * ppb - p) * s)))
+
+        scale_spec = pl.BlockSpec((None, kh, ppb * s), lambda bi, ki, i, L, T: (bi, 0, i))
         in_specs += [scale_spec, scale_spec]
-        args += [k_scale.astype(jnp.float32).reshape(kh, n, 1, s), v_scale.astype(jnp.float32).reshape(kh, n, 1, s)]
+        args += [table_scales(k_scale), table_scales(v_scale)]
     grid_spec = pltpu.PrefetchScalarGridSpec(
         num_scalar_prefetch=2,
-        grid=(b, kh, p),
+        grid=(b, kh, blocks),
         in_specs=in_specs,
         out_specs=pl.BlockSpec((None, None, g, e), lambda bi, ki, i, L, T: (bi, ki, 0, 0)),
         scratch_shapes=[pltpu.VMEM((g, 1), jnp.float32), pltpu.VMEM((g, 1), jnp.float32),
                         pltpu.VMEM((g, e), jnp.float32)],
     )
     out = pl.pallas_call(
-        functools.partial(_tpu_kernel, scale=scale, window=window, quantized=quantized),
+        functools.partial(_tpu_kernel, scale=scale, window=window, quantized=quantized, pages_per_block=ppb),
         grid_spec=grid_spec,
         out_shape=_out_struct((b, kh, g, e), q.dtype, lengths, block_tables, *args),
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary")),
+        cost_estimate=_cost_estimate(q, k_pages, block_tables, quantized),
         interpret=interpret,
         name="paged_attention_tpu",
-    )(lengths.astype(jnp.int32), jnp.clip(block_tables, 0, n - 1).astype(jnp.int32).reshape(-1), *args)
+    )(lengths.astype(jnp.int32), bt.reshape(-1), *args)
     return out.reshape(b, h, e)
 
 
 # --------------------------------------------------------------------------- entry point
 
 
-@functools.partial(jax.jit, static_argnames=("scale", "window", "lowering", "interpret", "pages_per_chunk"))
+@functools.partial(jax.jit, static_argnames=("scale", "window", "lowering", "interpret", "pages_per_chunk",
+                                             "pages_per_block"))
 def _paged_pallas(q, k_pages, v_pages, lengths, block_tables, k_scale, v_scale, *, scale, window, lowering,
-                  interpret, pages_per_chunk):
+                  interpret, pages_per_chunk, pages_per_block=16):
     if lowering == "tpu":
         return _paged_tpu(q, k_pages, v_pages, lengths, block_tables, k_scale, v_scale, scale=scale,
-                          window=window, interpret=interpret)
+                          window=window, interpret=interpret, pages_per_block=pages_per_block)
     return _paged_gpu(q, k_pages, v_pages, lengths, block_tables, k_scale, v_scale, scale=scale, window=window,
                       pages_per_chunk=pages_per_chunk, interpret=interpret)
 
 
 def paged_attention(q, k_pages, v_pages, lengths, block_tables, *, scale: float, k_scale=None, v_scale=None,
                     window: int = 0, impl: str = "auto", interpret: bool | None = None,
-                    pages_per_chunk: int = 32, lowering: str | None = None) -> jax.Array:
+                    pages_per_chunk: int = 32, pages_per_block: int = 16, lowering: str | None = None) -> jax.Array:
     """Paged decode attention (GQA, optional sliding window, optional int8 pages).
 
     Args:
@@ -385,6 +425,8 @@ def paged_attention(q, k_pages, v_pages, lengths, block_tables, *, scale: float,
       interpret: run the kernel in Pallas interpret mode; default: only on CPU.
       pages_per_chunk: GPU kernel only: pages per program along the third grid axis; chunks of a
         sequence run in parallel and are merged afterwards (flash-decoding).
+      pages_per_block: TPU kernel only: pages fetched (one DMA each, pipelined) per grid step; a
+        grid step costs ~0.35 us of fixed overhead, far more than one small page takes to arrive.
       lowering: "gpu" (Triton-style kernel) or "tpu" (Mosaic kernel with scalar prefetch);
         default: "tpu" when jax.default_backend() is tpu, else "gpu". Both run in interpret mode.
 
@@ -394,7 +436,7 @@ def paged_attention(q, k_pages, v_pages, lengths, block_tables, *, scale: float,
     The GPU kernel needs a power-of-two head dim and block_size >= 16 (Triton tile rules); in
     interpret mode any sizes work.
     """
-    backend = jax.default_backend()
+    backend = kernel_backend()
     if impl == "auto":
         impl = "reference" if backend == "cpu" else "pallas"
     if impl == "reference":
@@ -411,4 +453,4 @@ def paged_attention(q, k_pages, v_pages, lengths, block_tables, *, scale: float,
         interpret = backend == "cpu"
     return _paged_pallas(q, k_pages, v_pages, lengths, block_tables, k_scale, v_scale, scale=float(scale),
                          window=int(window), lowering=lowering, interpret=interpret,
-                         pages_per_chunk=int(pages_per_chunk))
+                         pages_per_chunk=int(pages_per_chunk), pages_per_block=int(pages_per_block))

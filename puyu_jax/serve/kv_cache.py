@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from puyu_jax.kernels.paged_attention import dequantize_kv, paged_attention, quantize_kv
+from puyu_jax.kernels.target import kernel_backend
 from puyu_jax.models.config import ModelConfig
 from puyu_jax.models.transformer import attention
 
@@ -135,7 +136,7 @@ def _decode_attention(batch: PagedBatch, q, pages_k, pages_v, scale_k, scale_v, 
     kv heads inside shard_map (XLA cannot partition a custom kernel by itself)."""
     impl = batch.attention_impl
     if impl == "auto":
-        impl = "reference" if jax.default_backend() == "cpu" else "pallas"
+        impl = "reference" if kernel_backend() == "cpu" else "pallas"
     fn = functools.partial(paged_attention, scale=scale, window=batch.window, impl=impl)
     mesh = batch.mesh
     kv_heads = pages_k.shape[0]

@@ -84,6 +84,31 @@ class Row:
     num_prompt: int = 0  # how many of `history` are prompt tokens
 
 
+def tp_state_shardings(state: nnx.State, mesh: jax.sharding.Mesh):
+    """NamedShardings of a model state under the `tp` rule table (heads, kv_heads, mlp and vocab
+    over `tensor`); leaves without logical axes (e.g. int4 weights) stay replicated."""
+    rules, _ = preset_rules("tp")
+    logical = nnx.get_partition_spec(state)
+
+    def one(spec, x):
+        if jax.tree.leaves(x) != [x]:  # a structured value (an Int4Weight's arrays): replicated
+            return jax.tree.map(lambda a: NamedSharding(mesh, P()), x)
+        names = tuple(spec) if isinstance(spec, P) else ()
+        if len(names) != len(x.shape):
+            names = (None,) * len(x.shape)
+        return NamedSharding(mesh, rules.spec(names, x.shape, mesh))
+
+    # `logical` has one spec per Variable; the state may hold a pytree there (int4 weights).
+    return jax.tree.map(one, logical, state, is_leaf=lambda s: isinstance(s, P) or s is None)
+
+
+def tp_pool_sharding(cfg, mesh: jax.sharding.Mesh, ndim: int) -> NamedSharding:
+    """Sharding of one layer's KV pages (ndim 4) or scales (ndim 3): kv heads over `tensor`."""
+    rules, _ = preset_rules("tp")
+    return NamedSharding(mesh, rules.spec(("kv_heads",) + (None,) * (ndim - 1),
+                                          (cfg.num_kv_heads,) + (1,) * (ndim - 1), mesh))
+
+
 class ModelRunner:
     """Owns the parameters, the KV pool and the compiled steps."""
 
@@ -101,18 +126,8 @@ class ModelRunner:
             if tp > len(jax.devices()):
                 raise ValueError(f"tp={tp} but only {len(jax.devices())} devices are visible")
             self.mesh = build_mesh(ParallelConfig(preset="tp", data=1, tensor=tp), jax.devices()[:tp])
-            rules, _ = preset_rules("tp")
-            logical = nnx.get_partition_spec(state)
-
-            def place(x, spec):
-                names = tuple(spec) if isinstance(spec, P) else ()
-                if not hasattr(x, "shape") or len(names) != x.ndim:
-                    names = (None,) * getattr(x, "ndim", 0)
-                return jax.device_put(x, NamedSharding(self.mesh, rules.spec(names, x.shape, self.mesh)))
-
-            state = jax.tree.map(place, state, logical)
-            pool = lambda ndim: NamedSharding(  # noqa: E731
-                self.mesh, rules.spec(("kv_heads",) + (None,) * (ndim - 1), (self.cfg.num_kv_heads,) + (1,) * (ndim - 1), self.mesh))
+            state = jax.device_put(state, tp_state_shardings(state, self.mesh))
+            pool = functools.partial(tp_pool_sharding, self.cfg, self.mesh)
             self.kv = init_paged_cache(self.cfg, num_blocks, block_size, kv_dtype, sharding=pool)
             self._replicated = NamedSharding(self.mesh, P())
         else:

@@ -177,3 +177,24 @@ def test_kernel_lowers_for_accelerators(platform, lowering, call, int8):
         scales, scales,
     ).lower(lowering_platforms=(platform,)).as_text()
     assert call in set(re.findall(r"custom_call @([\w$.]+)", text))
+
+
+@pytest.mark.parametrize("pages_per_block,window,int8", [(1, 0, False), (3, 0, False), (4, 45, False), (3, 0, True),
+                                                         (16, 100, True)])
+def test_tpu_kernel_several_pages_per_grid_step(pages_per_block, window, int8):
+    """The Mosaic kernel's blocks of pages (a block ragged at the end, blocks skipped before a
+    window, one block holding every page) against the dense numpy attention."""
+    q, kp, vp, lengths, tables = _case(40, b=3, kv_heads=2, group=4, head_dim=32, block_size=16, max_blocks=11,
+                                       lengths=[161, 5, 0])
+    scale = 32 ** -0.5
+    kw = {}
+    if int8:
+        (kp, ks), (vp, vs) = quantize_kv(kp), quantize_kv(vp)
+        kw = {"k_scale": ks, "v_scale": vs}
+    got = paged_attention(q, kp, vp, lengths, tables, scale=scale, window=window, impl="pallas", interpret=True,
+                          lowering="tpu", pages_per_block=pages_per_block, **kw)
+    want = paged_attention_reference(q, kp, vp, lengths, tables, scale=scale, window=window, **kw)
+    _close(got, want, 1e-5)
+    if not int8:
+        _close(got, _dense_numpy(q, kp, vp, lengths, tables, scale, window), 1e-5)
+    np.testing.assert_array_equal(np.asarray(got[2]), 0.0)
