@@ -257,11 +257,12 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ steps
 
-    def _score_arrays(self, rows: list[Row], b: int):
-        """{"index", "targets"} [b, S] for rows that score prompt tokens (None when none does)."""
+    def _score_arrays(self, rows: list[Row], b: int, t_bucket: int):
+        """{"index", "targets"} [b, S] for rows that score prompt tokens (None when none does);
+        S is a power of two from 16 up to the step's token bucket (few compiled shapes)."""
         if not any(r.score_index for r in rows):
             return None
-        length = bucket(max(len(r.score_index or ()) for r in rows))
+        length = min(bucket(max(len(r.score_index or ()) for r in rows), 16), t_bucket)
         index = np.zeros((b, length), np.int32)
         targets = np.zeros((b, length), np.int32)
         for i, r in enumerate(rows):
@@ -281,7 +282,7 @@ class ModelRunner:
         t_bucket = 1 if t == 1 else bucket(t, 16)
         tokens, positions, slots, tables, lengths, last = self._layout(rows, t_bucket)
         sampling = self._sampling(rows, tokens.shape[0], flags)
-        score = self._score_arrays(rows, tokens.shape[0])
+        score = self._score_arrays(rows, tokens.shape[0], t_bucket)
         out, self.kv = _step(
             self.graphdef, self.state, self.kv, *map(self._put, (tokens, positions, slots, tables, lengths, last)),
             sampling, score, flags=flags, window=self.window, impl=self.impl, mesh=self.mesh,
