@@ -63,8 +63,8 @@ def run_generate(cfg: GenerateRunConfig, out_dir=None, *, on_text: Callable[[str
     tok = pre.tokenizer
     ids = [encode_prompt(tok, p, chat=cfg.chat, system=cfg.system) for p in cfg.prompts]
     gen = cfg.sampling
-    engine_cfg = EngineConfig(dtype=cfg.dtype, max_num_seqs=max(1, min(len(ids), 64)),
-                              num_blocks=pool_blocks([len(i) for i in ids], gen.max_new_tokens))
+    engine_cfg = EngineConfig(dtype=cfg.dtype, max_num_seqs=max(1, min(len(ids) * gen.n, 64)),
+                              num_blocks=pool_blocks([len(i) for i in ids] * gen.n, gen.max_new_tokens))
     pipe = pipeline(pre.model, tok, engine_config=engine_cfg)
     t0 = time.perf_counter()
     if on_text is not None and len(ids) == 1:
