@@ -68,7 +68,9 @@ bench-deps: install
 # The engine against transformers and llama.cpp, and the server against a transformers server.
 bench-engine: bench-deps
 	$(PY) tools/bench/kernels.py
+	$(PY) tools/bench/profile_decode.py --out runs/profile-decode.json
 	$(PY) tools/bench/generate.py --out runs/bench-generate
+	$(PY) tools/bench/eval.py --out runs/bench-eval
 	$(PY) tools/bench/serve.py --out runs/bench-serve
 
 clean:

@@ -76,7 +76,7 @@ def _cmd_convert(args) -> int:
 def _cmd_generate(args) -> int:
     from puyu_jax.config import load_config
     from puyu_jax.config import save_run_config
-    from puyu_jax.generate import GenerateConfig, run_generate
+    from puyu_jax.generate import GenerateRunConfig, run_generate
 
     overrides = [f"model={args.model}"]
     if args.prompt:
@@ -91,7 +91,7 @@ def _cmd_generate(args) -> int:
             overrides.append(f"sampling.{key}={getattr(args, flag)}")
     if args.dtype:
         overrides.append(f"dtype={args.dtype}")
-    cfg = load_config(GenerateConfig, args.config, overrides + list(args.overrides))
+    cfg = load_config(GenerateRunConfig, args.config, overrides + list(args.overrides))
     if args.out:
         save_run_config(cfg, args.out)
 
@@ -101,10 +101,9 @@ def _cmd_generate(args) -> int:
 
     metrics = run_generate(cfg, args.out, on_text=show)
     show("\n")
-    rate = f", decode {metrics['decode_tok_s']:.1f} tok/s" if metrics["decode_steps"] else ""
     print(
         f"[{metrics['prompt_tokens']} prompt + {metrics['new_tokens']} new tokens; load {metrics['load_s']:.1f} s, "
-        f"prefill {metrics['prefill_s']:.1f} s and first step {metrics['first_step_s']:.1f} s (with compilation){rate}]",
+        f"generate {metrics['generate_s']:.1f} s (with compilation), {metrics['output_tok_s']:.1f} tok/s]",
         file=sys.stderr,
     )
     return 0
@@ -207,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         "generate",
         help="generate text with the KV cache, streamed to the terminal",
         description="Generate from MODEL. Prompts are wrapped in the model's chat template unless --raw.",
-        epilog="Any GenerateConfig field can also be set as key=value, e.g. sampling.top_k=40.",
+        epilog="Any GenerateRunConfig field can also be set as key=value, e.g. sampling.top_k=40.",
     )
     gen.add_argument("model", help="model source (see `puyu --help`)")
     gen.add_argument("-p", "--prompt", action="append", help="a prompt (repeat for a batch)")
@@ -219,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-n", "--max-new-tokens", type=int, help="tokens to generate at most")
     gen.add_argument("--seed", type=int, help="sampling seed")
     gen.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype")
-    gen.add_argument("--config", help="a GenerateConfig YAML to start from")
+    gen.add_argument("--config", help="a GenerateRunConfig YAML to start from")
     gen.add_argument("--out", help="write config.yaml, config.hash and outputs.jsonl here")
     gen.add_argument("overrides", nargs="*", help="key=value config overrides")
     gen.set_defaults(fn=_cmd_generate)

@@ -8,7 +8,7 @@ from puyu_jax.agent import AgentConfig
 from puyu_jax.config import load_config
 from puyu_jax.data.config import ProcessConfig, TokenizeConfig
 from puyu_jax.finetune import FinetuneConfig
-from puyu_jax.generate import GenerateConfig
+from puyu_jax.generate import GenerateRunConfig as GenerateConfig
 from puyu_jax.models import ModelConfig
 from puyu_jax.serve.api.config import ServeConfig
 from puyu_jax.sweep import expand_sweep

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from puyu_jax.agent.protocols import PROTOCOLS, Protocol, get_protocol
 from puyu_jax.agent.tool import Tool
 from puyu_jax.agent.tools import TOOL_NAMES, SandboxLimits, load_tools
-from puyu_jax.generate import SamplingConfig
+from puyu_jax.serve.config import GenerationConfig
 
 __all__ = ["AgentConfig", "build_agent", "build_tools"]
 
@@ -27,7 +27,7 @@ class AgentConfig:
     system: str = ""  # an optional system message
     template: str = ""  # local model: chat template name or jinja source ("" = the tokenizer's)
     dtype: str = "float32"  # local model compute dtype
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=256))
+    sampling: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=256))
     search_dir: str = ""  # documents for the `search` tool
     out_dir: str = ""  # where file-producing tools write ("" = temporary folders)
     sandbox: SandboxLimits = field(default_factory=SandboxLimits)

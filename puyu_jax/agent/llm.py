@@ -1,6 +1,6 @@
 """LLM backends: `chat(messages, tools=None, stop=()) -> LLMReply`.
 
-  * `LocalLLM`: a model loaded in-process (load_pretrained + chat template + Generator);
+  * `LocalLLM`: a model loaded in-process, run on the serving engine (`pipeline`);
   * `OpenAILLM`: any OpenAI-compatible endpoint through the `openai` client (our server,
     LMDeploy, vLLM, OpenAI itself): base_url, model, api_key;
   * `ReplayLLM`: replays a fixed transcript of replies (a stand-in for a model in tests and demos).
@@ -53,27 +53,31 @@ def _flatten_for_template(messages: list[dict], template_source: str) -> list[di
 
 
 class LocalLLM:
-    """A model run in this process. Greedy by default; generation stops at the first stop string.
+    """A model run in this process on the serving engine. Greedy by default; generation stops
+    at the first stop string (the caller's, then the chat template's turn end).
 
     Args:
       source: anything `load_pretrained` accepts (`smollm2`, a checkpoint dir, a .gguf, an HF dir).
       template: a name in `chat_templates.TEMPLATES` or jinja source; None uses the tokenizer's own.
-      sampling: a `SamplingConfig` (max_new_tokens bounds each reply).
+      sampling: a `GenerationConfig` (max_new_tokens bounds each reply).
       dtype: compute dtype.
+      engine_config: the engine's `EngineConfig` (pool size, quantization, ...).
     """
 
     def __init__(self, source: str = "smollm2", *, template: str | None = None, sampling=None, dtype: str = "float32",
-                 pretrained=None):
-        from puyu_jax.generate import Generator, SamplingConfig
+                 pretrained=None, engine_config=None):
         from puyu_jax.pretrained import load_pretrained
+        from puyu_jax.serve.config import EngineConfig, GenerationConfig
+        from puyu_jax.serve.pipeline import pipeline
 
         self.pre = pretrained if pretrained is not None else load_pretrained(source, dtype=dtype)
         if self.pre.tokenizer is None:
             raise ValueError(f"model {source!r} has no tokenizer; an agent backend needs one")
         self.tokenizer = self.pre.tokenizer
         self.template = template
-        self.sampling = sampling if sampling is not None else SamplingConfig(max_new_tokens=256)
-        self.generator = Generator(self.pre.model)
+        self.sampling = sampling if sampling is not None else GenerationConfig(max_new_tokens=256)
+        cfg = engine_config or EngineConfig(dtype=dtype, max_num_seqs=4, kv_cache_memory_gb=0.25)
+        self.pipe = pipeline(self.pre.model, self.tokenizer, engine_config=cfg)
 
     def _template_stops(self) -> list[str]:
         from puyu_jax.chat_templates import stop_strings
@@ -88,24 +92,18 @@ class LocalLLM:
 
     def chat(self, messages: list[dict], tools: list[dict] | None = None, stop: Sequence[str] = ()) -> LLMReply:
         """Generates the assistant's reply to `messages` (cut at the first stop string)."""
+        from dataclasses import replace
+
         from puyu_jax.chat_templates import apply_chat_template
 
         tok = self.tokenizer
         source = self.template if self.template is not None else (tok.chat_template or "")
         ids = apply_chat_template(tok, _flatten_for_template(messages, source), template=self.template,
                                   tools=tools, tokenize=True)
-        stops = [s for s in list(stop) + self._template_stops() if s]
-        new: list[int] = []
-        text = ""
-        for step_tokens in self.generator.stream([ids], self.sampling, stop_ids=tok.eos_ids):
-            if step_tokens[0] < 0:
-                break
-            new.append(int(step_tokens[0]))
-            # special tokens are kept: protocol markup such as <|action_start|> may be one
-            text = tok.decode(new, skip_special=False)
-            if any(s in text for s in stops):
-                break
-        text = truncate_at(text, stops)
+        stops = tuple(dict.fromkeys(s for s in list(stop) + self._template_stops() if s))
+        # special tokens are kept: protocol markup such as <|action_start|> may be one
+        gen = replace(self.sampling, stop=tuple(self.sampling.stop) + stops, skip_special_tokens=False)
+        text = truncate_at(self.pipe(ids, gen).text, list(stops))
         if tools:
             text, calls = parse_hermes_tool_calls(text)
             return LLMReply(text, calls)

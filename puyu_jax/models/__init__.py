@@ -10,6 +10,7 @@ from puyu_jax.models.params import (
     param_shapes,
     to_flat,
 )
+from puyu_jax.models.logprobs import token_logprobs
 from puyu_jax.models.transformer import KVCache, Transformer, init_cache
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "param_count",
     "param_shapes",
     "to_flat",
+    "token_logprobs",
 ]

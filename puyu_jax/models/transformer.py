@@ -340,7 +340,8 @@ class Transformer(nnx.Module):
             cache = view.cache
             x = constrain(x, ("batch", "length", "embed"))
         if last_only:
-            x = jnp.take_along_axis(x, cache.logits_index[:, None, None], axis=1)  # [b, 1, d]
+            index = cache.logits_index if cache.logits_index.ndim == 2 else cache.logits_index[:, None]
+            x = jnp.take_along_axis(x, index[:, :, None], axis=1)  # [b, S, d]
         x = self.final_norm(x)
         if cfg.tie_word_embeddings:
             logits = jnp.einsum("btd,vd->btv", x, self.embed.embedding[...].astype(dtype))
@@ -353,7 +354,7 @@ class ExternalCache:
     """What the model needs of a cache that owns its attention (duck-typed).
 
     positions: [b, t] int32 absolute position of every new token.
-    logits_index: [b] int32, which of the t tokens gives each row's logits with last_only.
+    logits_index: [b] or [b, S] int32, which of the t tokens give each row's logits with last_only.
     layer(i): a view whose `attend(q [b,t,h,e], k, v [b,t,k,e], scale) -> (out [b,t,h,e], view)`
       stores the new keys/values and attends over the cached ones; `view.cache` is the
       updated whole cache.

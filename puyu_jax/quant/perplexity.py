@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from puyu_jax.models.logprobs import token_logprobs
+
 ASSETS = Path(__file__).resolve().parent / "assets"
 HELDOUT_FILE = ASSETS / "heldout_wiki.txt"
 KV_DTYPES = ("auto", "int8")
@@ -65,10 +67,8 @@ def _nll_sum(graphdef, state, tokens, valid):
     """(sum of NLL, count) over the predicted tokens of a batch of windows."""
     model = nnx.merge(graphdef, state)
     logits, _ = model(tokens)
-    logits = logits[:, :-1].astype(jnp.float32)
-    target = tokens[:, 1:]
-    picked = jnp.take_along_axis(logits, target[..., None], axis=-1)[..., 0]
-    nll = jax.nn.logsumexp(logits, axis=-1) - picked
+    logprob, _ = token_logprobs(logits[:, :-1], tokens[:, 1:])
+    nll = -logprob
     mask = valid[:, 1:]
     return jnp.sum(jnp.where(mask, nll, 0.0)), jnp.sum(mask)
 

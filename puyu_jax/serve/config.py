@@ -84,7 +84,9 @@ class EngineConfig:
     quant: "none" or "int4" (weights quantized on load with `quant_method` unless
     the checkpoint is already quantized). tp: tensor-parallel degree (devices on a
     `tensor` mesh axis). attention_impl: "auto" (Pallas on GPU/TPU, plain JAX on CPU),
-    "pallas" or "reference".
+    "pallas" or "reference". decode_steps: decode steps run on the device per dispatch
+    while no prompt is waiting to start (tokens come back in chunks of up to this many;
+    1 decodes one token per round).
     """
 
     block_size: int = 16
@@ -101,6 +103,7 @@ class EngineConfig:
     tp: int = 1
     attention_impl: str = "auto"
     dtype: str = "float32"
+    decode_steps: int = 8
 
     def __post_init__(self):
         checks = [
@@ -113,6 +116,7 @@ class EngineConfig:
             ("quant", self.quant in ("none", "int4"), "must be 'none' or 'int4'"),
             ("quant_method", self.quant_method in ("rtn", "awq"), "must be 'rtn' or 'awq'"),
             ("tp", self.tp >= 1, "must be >= 1"),
+            ("decode_steps", 1 <= self.decode_steps <= 64, "must be in [1, 64]"),
             ("attention_impl", self.attention_impl in ("auto", "pallas", "reference"), "must be auto|pallas|reference"),
         ]
         for name, ok, why in checks:

@@ -77,8 +77,15 @@ class LLMEngine:
     # ------------------------------------------------------------------ requests
 
     def add_request(self, request_id: str | None, prompt: str | Seq[int], gen: GenerationConfig = GenerationConfig(),
-                    arrival_time: float | None = None) -> str:
-        """Queues a request. Raises PromptTooLongError, QueueFullError or ValueError."""
+                    arrival_time: float | None = None, *, score_from: int | None = None) -> str:
+        """Queues a request. Raises PromptTooLongError, QueueFullError or ValueError.
+
+        With `gen.prompt_logprobs` set, the prompt is scored as it is prefilled (batched with
+        other work by the scheduler): `RequestOutput.prompt_logprobs` (the API's form) and
+        `prompt_scores` (arrays). `score_from` > 0 scores only the prompt tokens after that
+        position (e.g. an evaluation's continuation) and lets the prefix cache serve the rest;
+        it then fills `prompt_scores` only.
+        """
         request_id = request_id or uuid.uuid4().hex
         if request_id in self.groups:
             raise ValueError(f"request id {request_id!r} is already in use")
@@ -94,7 +101,7 @@ class LLMEngine:
         if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
         total = len(prompt_ids) + gen.max_new_tokens
-        if len(prompt_ids) >= self.max_model_len:
+        if len(prompt_ids) >= self.max_model_len + (gen.max_new_tokens == 0):  # scoring needs no room to grow
             raise PromptTooLongError(
                 f"the prompt has {len(prompt_ids)} tokens; this model's context is {self.max_model_len}", "prompt")
         if total > self.max_model_len:
@@ -110,20 +117,22 @@ class LLMEngine:
         seed = gen.seed if gen.seed is not None else int(self._rng.integers(0, 2**63))
         metrics = RequestMetrics(arrival_time=arrival_time or time.time(), num_prompt_tokens=len(prompt_ids))
         group = SequenceGroup(request_id, prompt_ids, gen, seed, metrics)
-        if gen.prompt_logprobs is not None:
-            group.prompt_logprobs = self._prompt_logprobs(prompt_ids, gen.prompt_logprobs)
         seq = self._new_seq(group, 0, list(prompt_ids))
-        seq.fork_pending = gen.n > 1
-        if gen.max_new_tokens == 0:  # scoring only: done once the prompt is scored
-            for index in range(1, gen.n):
-                self._new_seq(group, index, list(prompt_ids))
-            for s in group.seqs:
-                s.status, s.finish_reason = Status.FINISHED, "length"
-            metrics.first_token_time = metrics.finished_time = time.time()
-            self.prompt_tokens_total += len(prompt_ids)
+        if gen.prompt_logprobs is not None:
+            seq.score_from = max(0, min(int(score_from or 0), len(prompt_ids) - 1))
+            group.api_scores = score_from is None
+            n = len(prompt_ids)
+            group.prompt_scores = (np.full(n, np.nan, np.float32), np.zeros(n, bool))
+            if group.api_scores and gen.prompt_logprobs:
+                group.prompt_top = (np.zeros((n, MAX_TOP_LOGPROBS), np.int32), np.zeros((n, MAX_TOP_LOGPROBS), np.float32))
+        seq.score_only = gen.max_new_tokens == 0
+        seq.fork_pending = gen.n > 1 and not seq.score_only
+        self.groups[request_id] = group
+        if seq.score_only and not seq.scoring:  # a one-token prompt: nothing to score
+            self._finish_scoring(seq)
+            self.groups.pop(request_id, None)
             self._finished_out.append(self._output(group, final=True))
             return request_id
-        self.groups[request_id] = group
         self.scheduler.add(seq)
         return request_id
 
@@ -140,14 +149,47 @@ class LLMEngine:
         finally:
             self.blocks.release(table)
 
-    def _prompt_logprobs(self, prompt_ids: list[int], top: int) -> list[TokenLogprob | None]:
-        """Each prompt token's log-prob given the tokens before it (scored through the pool)."""
-        lp, ids, tlp = self.score(prompt_ids, top=MAX_TOP_LOGPROBS)
+    def _build_prompt_logprobs(self, group: SequenceGroup) -> None:
+        """The API's per-token form of a scored prompt: None, then each token's log-prob and the top k."""
+        lp, _ = group.prompt_scores
+        top = group.gen.prompt_logprobs or 0
         out: list[TokenLogprob | None] = [None]
-        for i, tok in enumerate(prompt_ids[1:]):
-            best = [(int(t), self._piece(int(t)), float(v)) for t, v in zip(ids[i][:top], tlp[i][:top])]
+        for i, tok in enumerate(group.prompt_ids[1:], start=1):
+            best = []
+            if top:
+                ids, tlp = group.prompt_top
+                best = [(int(t), self._piece(int(t)), float(v)) for t, v in zip(ids[i][:top], tlp[i][:top])]
             out.append(TokenLogprob(tok, self._piece(tok), float(lp[i]), best))
-        return out
+        group.prompt_logprobs = out
+
+    def _collect_scores(self, seq: Sequence, row, result: dict, i: int) -> None:
+        """Stores a step's prompt scores (row.score_index maps to prompt positions)."""
+        group = seq.group
+        lp, greedy = group.prompt_scores
+        k = len(row.score_index)
+        targets = np.asarray(row.score_index) + row.start + 1  # the scored prompt token of each entry
+        lp[targets] = result["score_logprob"][i, :k]
+        greedy[targets] = result["score_greedy"][i, :k]
+        if group.prompt_top is not None and "score_top_ids" in result:
+            group.prompt_top[0][targets] = result["score_top_ids"][i, :k]
+            group.prompt_top[1][targets] = result["score_top_logprobs"][i, :k]
+        seq.scored = int(targets[-1])
+        if not seq.scoring and group.api_scores:
+            self._build_prompt_logprobs(group)
+
+    def _finish_scoring(self, seq: Sequence) -> None:
+        """A scoring-only request is done: every choice finishes with reason "length"."""
+        group = seq.group
+        if group.api_scores and group.prompt_logprobs is None:
+            self._build_prompt_logprobs(group)
+        self.scheduler.remove(seq)
+        for index in range(1, group.gen.n):
+            self._new_seq(group, index, list(group.prompt_ids))
+        for s in group.seqs:
+            s.status, s.finish_reason = Status.FINISHED, "length"
+        m = group.metrics
+        m.first_token_time = m.first_token_time or time.time()
+        m.finished_time = time.time()
 
     def _new_seq(self, group: SequenceGroup, index: int, token_ids: list[int]) -> Sequence:
         seq = Sequence(next(self._seq_ids), group, index, token_ids, len(group.prompt_ids),
@@ -187,7 +229,9 @@ class LLMEngine:
         """One scheduling round: prefill chunks and decode tokens, then outputs of every
         request that progressed (finished ones last time they appear)."""
         outputs, self._finished_out = self._finished_out, []
-        batch = self.scheduler.schedule()
+        # several decode steps per dispatch while no prompt work is waiting to start
+        steps = 1 if self.scheduler.admissible() else self.config.decode_steps
+        batch = self.scheduler.schedule(lookahead=steps)
         now = time.time()
         progressed: dict[str, SequenceGroup] = {}
         prefill = [(s, n) for s, n in batch.prefill if n > 0]
@@ -196,11 +240,16 @@ class LLMEngine:
                 seq.group.metrics.first_scheduled_time = now
         if prefill:
             self._run([(s, n) for s, n in prefill], progressed)
-        if batch.decode:
+        if batch.decode and steps > 1 and not any(s.score_only or s.scoring for s in batch.decode):
+            self._decode_chunk(batch.decode, steps, progressed)
+        elif batch.decode:
             self._run([(s, 1) for s in batch.decode], progressed)
         for seq, n in batch.prefill:
             if n == 0:
                 self._maybe_fork(seq)
+                if seq.score_only and seq.remaining == 0 and not seq.finished:
+                    self._finish_scoring(seq)
+                    progressed[seq.group.request_id] = seq.group
         for group in progressed.values():
             outputs.append(self._output(group, final=group.finished))
             if group.finished:
@@ -210,28 +259,72 @@ class LLMEngine:
     def _run(self, work: list[tuple[Sequence, int]], progressed: dict) -> None:
         rows = []
         for seq, n in work:
-            g = seq.group.gen
             start = seq.num_computed
-            rows.append(Row(
-                tokens=seq.token_ids[start:start + n], start=start, block_table=seq.block_table,
-                temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, min_p=g.min_p,
-                repetition_penalty=g.repetition_penalty, presence_penalty=g.presence_penalty,
-                frequency_penalty=g.frequency_penalty, key_data=seq.key_data, step=len(seq.output_ids),
-                history=seq.token_ids if g.uses_penalties else None, num_prompt=seq.num_prompt,
-            ))
+            score_index = score_targets = None
+            if seq.scoring:
+                first = max(start, seq.score_next)
+                last = min(start + n, seq.num_prompt - 1)  # positions [first, last) predict prompt tokens
+                if last > first:
+                    score_index = list(range(first - start, last - start))
+                    score_targets = seq.token_ids[first + 1:last + 1]
+            rows.append(self._row(seq, n, score_index=score_index, score_targets=score_targets))
         flags = flags_for([s.group.gen for s, _ in work])
-        result = self.runner.step(rows, flags)
+        score_top = MAX_TOP_LOGPROBS if any(r.score_index and s.group.prompt_top is not None
+                                            for r, (s, _) in zip(rows, work)) else 0
+        result = self.runner.step(rows, flags, score_top=score_top)
         now = time.time()
         for i, (seq, n) in enumerate(work):
             seq.num_computed += n
             self.prompt_tokens_total += max(0, min(seq.num_computed, seq.num_prompt) - (seq.num_computed - n))
             self._register_blocks(seq)
+            if rows[i].score_index:
+                self._collect_scores(seq, rows[i], result, i)
+            if seq.score_only:
+                if seq.remaining == 0:
+                    self._finish_scoring(seq)
+                    progressed[seq.group.request_id] = seq.group
+                continue
             if seq.num_computed < len(seq.token_ids):
                 if seq.fork_pending and seq.remaining == 0:
                     self._maybe_fork(seq)
                 continue  # a prompt chunk: nothing sampled yet
             token = int(result["tokens"][i])
             self._append(seq, token, result, i, now)
+            progressed[seq.group.request_id] = seq.group
+
+    def _row(self, seq: Sequence, n: int, **score) -> Row:
+        g = seq.group.gen
+        start = seq.num_computed
+        return Row(
+            tokens=seq.token_ids[start:start + n], start=start, block_table=seq.block_table,
+            temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, min_p=g.min_p,
+            repetition_penalty=g.repetition_penalty, presence_penalty=g.presence_penalty,
+            frequency_penalty=g.frequency_penalty, key_data=seq.key_data, step=len(seq.output_ids),
+            history=seq.token_ids if g.uses_penalties else None, num_prompt=seq.num_prompt, **score,
+        )
+
+    def _decode_chunk(self, seqs: list[Sequence], steps: int, progressed: dict) -> None:
+        """Up to `steps` tokens for each decoding sequence in one dispatch; stop token ids and
+        length limits end a row on the device, stop strings here (later tokens are dropped)."""
+        bs = self.blocks.block_size
+        rows = [self._row(seq, 1) for seq in seqs]
+        limits, stops = [], []
+        for seq in seqs:
+            g = seq.group.gen
+            room = len(seq.block_table) * bs - seq.num_computed
+            limits.append(max(1, min(steps, room, seq.max_ahead, self.max_model_len - len(seq.token_ids))))
+            stops.append(sorted(set(g.stop_token_ids) | (set() if g.ignore_eos else set(self.eos_ids))))
+        flags = flags_for([s.group.gen for s in seqs])
+        result = self.runner.decode(rows, flags, limits, stops, steps)
+        now = time.time()
+        for i, seq in enumerate(seqs):
+            for j in range(result["tokens"].shape[0]):
+                token = int(result["tokens"][j, i])
+                if token < 0 or seq.finished:
+                    break
+                seq.num_computed += 1
+                self._register_blocks(seq)
+                self._append(seq, token, {k: v[j] for k, v in result.items()}, i, now)
             progressed[seq.group.request_id] = seq.group
 
     def _register_blocks(self, seq: Sequence) -> None:
@@ -330,7 +423,8 @@ class LLMEngine:
             ))
         outs.sort(key=lambda o: o.index)
         return RequestOutput(group.request_id, list(group.prompt_ids), outs, final, group.metrics,
-                             prompt_logprobs=group.prompt_logprobs)
+                             prompt_logprobs=group.prompt_logprobs,
+                             prompt_scores=group.prompt_scores if final else None)
 
     def warmup(self, batch_sizes: Seq[int] = (1,), prompt_len: int = 16) -> float:
         """Compiles the steps the first requests will need (one prefill and decode per
@@ -351,18 +445,28 @@ class LLMEngine:
     # ------------------------------------------------------------------ offline
 
     def generate(self, prompts: Seq[str | Seq[int]], gen: GenerationConfig | Seq[GenerationConfig] = GenerationConfig(),
-                 progress: bool = False) -> list[RequestOutput]:
-        """Runs prompts to completion (all submitted at once); outputs in prompt order."""
+                 progress: bool = False, *, score_from: Seq[int | None] | None = None) -> list[RequestOutput]:
+        """Runs prompts to completion; outputs in prompt order. Prompts are queued as the
+        waiting queue has room (`max_waiting`), so any number may be given."""
         gens = list(gen) if isinstance(gen, (list, tuple)) else [gen] * len(prompts)
-        ids = [self.add_request(None, p, g) for p, g in zip(prompts, gens)]
+        froms = list(score_from) if score_from is not None else [None] * len(prompts)
+        ids: list[str] = []
+        mine: set[str] = set()
         final: dict[str, RequestOutput] = {}
         bar = None
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(ids), desc="generate", unit="req")
-        while len(final) < len(ids):
+            bar = tqdm(total=len(prompts), desc="generate", unit="req")
+        room = max(1, self.config.max_waiting - len(self.scheduler.waiting))
+        while len(ids) < len(prompts) or len(final) < len(ids):
+            while len(ids) < len(prompts) and len(self.scheduler.waiting) < room:
+                k = len(ids)
+                ids.append(self.add_request(None, prompts[k], gens[k], score_from=froms[k]))
+                mine.add(ids[-1])
             for out in self.step():
+                if out.request_id not in mine or out.request_id in final:
+                    continue
                 if out.finished:
                     final[out.request_id] = out
                     if bar is not None:
@@ -370,3 +474,18 @@ class LLMEngine:
         if bar is not None:
             bar.close()
         return [final[i] for i in ids]
+
+    def score_batch(self, sequences: Seq[Seq[int]], score_from: Seq[int] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Scores many token sequences through the scheduler (batched prefill, prefix cache).
+
+        Args:
+          sequences: token ids, each at least two long.
+          score_from: per sequence, the first position whose next token is scored (default 0).
+        Returns:
+          per sequence (log-prob [n] float32, was-the-argmax [n] bool) of each token given
+          the ones before it; NaN / False at positions not scored (0 .. score_from).
+        """
+        gen = GenerationConfig(max_new_tokens=0, prompt_logprobs=0)
+        froms = [int(f) for f in score_from] if score_from is not None else [0] * len(sequences)
+        outs = self.generate(list(sequences), gen, score_from=froms)
+        return [o.prompt_scores for o in outs]

@@ -122,7 +122,7 @@ class _LayerView:
         if q.shape[1] == 1:
             out = _decode_attention(batch, q[:, 0], pages_k, pages_v, scale_k, scale_v, scale)[:, None]
         else:
-            out = _prefill_attention(q, pages_k, pages_v, scale_k, scale_v, batch, scale)
+            out = _prefill_attention(q, k, v, pages_k, pages_v, scale_k, scale_v, batch, scale)
         kv = kv.replace(
             k=_set(kv.k, i, pages_k), v=_set(kv.v, i, pages_v),
             k_scale=_set(kv.k_scale, i, scale_k) if kv.quantized else None,
@@ -186,15 +186,33 @@ def gather_pages(pages: Array, scales: Array | None, block_tables: Array, dtype)
     return g.reshape(kh, b, nb * s, e).transpose(1, 2, 0, 3).astype(dtype)
 
 
-def _prefill_attention(q, pages_k, pages_v, scale_k, scale_v, batch: PagedBatch, scale: float) -> Array:
-    """Causal attention of t new tokens per row over everything cached for that row."""
-    keys = gather_pages(pages_k, scale_k, batch.block_tables, q.dtype)
-    values = gather_pages(pages_v, scale_v, batch.block_tables, q.dtype)
-    j = jnp.arange(keys.shape[1])
-    pos = batch.positions[:, :, None]
-    mask = (j[None, None, :] <= pos) & (j[None, None, :] < batch.lengths[:, None, None])
+def _prefill_attention(q, k, v, pages_k, pages_v, scale_k, scale_v, batch: PagedBatch, scale: float) -> Array:
+    """Causal attention of t new tokens per row: over the row's cached prefix (positions
+    before its first new token, gathered from the pages in `batch.block_tables`, which for a
+    prefill step list only the prefix's blocks; none for a fresh prompt) and over the new
+    keys and values themselves, taken as computed (rounded through int8 when the pool is int8,
+    so they read as the pool will hold them)."""
+    b, t = q.shape[:2]
+    if scale_k is not None:
+        k = dequantize_kv(*quantize_kv(k), q.dtype)
+        v = dequantize_kv(*quantize_kv(v), q.dtype)
+    start = batch.positions[:, :1]  # [b, 1] first new position
+    i = jnp.arange(t)
+    n_new = batch.lengths - start[:, 0]  # real new tokens per row
+    mask = (i[None, None, :] <= i[None, :, None]) & (i[None, None, :] < n_new[:, None, None])
     if batch.window:
-        mask &= pos - j[None, None, :] < batch.window
+        mask &= batch.positions[:, :, None] - batch.positions[:, None, :] < batch.window
+    keys, values = k.astype(q.dtype), v.astype(q.dtype)
+    if batch.block_tables.shape[1]:
+        prefix_k = gather_pages(pages_k, scale_k, batch.block_tables, q.dtype)
+        prefix_v = gather_pages(pages_v, scale_v, batch.block_tables, q.dtype)
+        j = jnp.arange(prefix_k.shape[1])
+        pmask = jnp.broadcast_to(j[None, None, :] < start[:, :, None], (b, t, j.shape[0]))
+        if batch.window:
+            pmask &= batch.positions[:, :, None] - j[None, None, :] < batch.window
+        keys = jnp.concatenate([prefix_k, keys], axis=1)
+        values = jnp.concatenate([prefix_v, values], axis=1)
+        mask = jnp.concatenate([pmask, mask], axis=2)
     return attention(q, keys, values, mask, scale, "einsum")
 
 

@@ -64,6 +64,9 @@ class RequestOutput:
     finished: bool
     metrics: RequestMetrics
     prompt_logprobs: list[TokenLogprob | None] | None = None  # first token: None (nothing precedes it)
+    # (log-prob [len(prompt)] float32, was-the-argmax [len(prompt)] bool) of each scored prompt
+    # token given the ones before it; NaN / False where not scored
+    prompt_scores: tuple | None = None
 
 
 @dataclass

@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from puyu_jax.models.logprobs import token_logprobs
 from puyu_jax.models.transformer import Transformer
 from puyu_jax.parallel.sharding import ParallelConfig, build_mesh, preset_rules
 from puyu_jax.serve.kv_cache import PagedBatch, PagedKVCache, copy_blocks, init_paged_cache
@@ -34,31 +35,90 @@ def bucket(n: int, minimum: int = 1) -> int:
     return 1 << (n - 1).bit_length()
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "flags", "window", "impl", "mesh"), donate_argnames=("kv",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "flags", "window", "impl", "mesh", "score_top"),
+                   donate_argnames=("kv",))
 def _step(graphdef, state, kv: PagedKVCache, tokens, positions, slots, block_tables, lengths, logits_index,
-          sampling: SamplingArrays, *, flags: SamplingFlags, window: int, impl: str, mesh=None):
+          sampling: SamplingArrays, score=None, *, flags: SamplingFlags, window: int, impl: str, mesh=None,
+          score_top: int = 0):
+    """One forward over the pool, sampling one token per row at `logits_index`.
+
+    With `score` ({"index": [b, S] new-token indices, "targets": [b, S] next-token ids}) it also
+    returns the log-prob of each target and whether it was the argmax (prompt scoring), and the
+    `score_top` best (ids, log-probs) at each scored position.
+    """
     model = nnx.merge(graphdef, state)
-    batch = PagedBatch(kv, positions, slots, block_tables, lengths, logits_index, window=window, attention_impl=impl,
+    index = logits_index[:, None]
+    if score is not None:
+        index = jnp.concatenate([score["index"], index], axis=1)
+    batch = PagedBatch(kv, positions, slots, block_tables, lengths, index, window=window, attention_impl=impl,
                        mesh=mesh)
     logits, batch = model(tokens, cache=batch, last_only=True)
-    return sample(logits[:, 0], sampling, flags), batch.kv
+    out = sample(logits[:, -1], sampling, flags)
+    if score is not None:
+        scored = logits[:, :-1]
+        out["score_logprob"], logz = token_logprobs(scored, score["targets"])
+        out["score_greedy"] = jnp.argmax(scored, axis=-1) == score["targets"]
+        if score_top:
+            top_logits, top_ids = jax.lax.top_k(scored, score_top)
+            out["score_top_ids"], out["score_top_logprobs"] = top_ids.astype(jnp.int32), top_logits - logz[..., None]
+    return out, batch.kv
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "window", "impl", "top"), donate_argnames=("kv",))
-def _score(graphdef, state, kv: PagedKVCache, tokens, positions, slots, block_tables, lengths, *, window: int, impl: str,
-           top: int = 0):
-    """Log-probs of tokens[:, 1:] given their prefixes (prompt scoring through the paged path),
-    and the `top` best (ids, log-probs) at each position."""
+@functools.partial(jax.jit, static_argnames=("graphdef", "flags", "window", "impl", "mesh", "steps"),
+                   donate_argnames=("kv",))
+def _decode_loop(graphdef, state, kv: PagedKVCache, tokens, positions, block_tables, limits, stop_ids,
+                 sampling: SamplingArrays, history_len, *, flags: SamplingFlags, window: int, impl: str, mesh=None,
+                 steps: int):
+    """Up to `steps` decode steps in one dispatch (a `lax.while_loop` on the device).
+
+    Row b feeds tokens[b] at positions[b] and keeps sampling until it has made limits[b]
+    tokens or sampled one of stop_ids[b] (-1 padded); rows done early write to the null block.
+    The loop ends when every row is done. Penalty histories grow on the device.
+
+    Returns ({tokens [steps, b] (-1 once a row is done), logprob [steps, b], and top_ids /
+    top_logprobs [steps, b, K] with flags.top_logprobs}, kv).
+    """
     model = nnx.merge(graphdef, state)
-    zeros = jnp.zeros(tokens.shape[:1], jnp.int32)
-    batch = PagedBatch(kv, positions, slots, block_tables, lengths, zeros, window=window, attention_impl=impl)
-    logits, batch = model(tokens, cache=batch)
-    logprobs = jax.nn.log_softmax(logits[:, :-1], axis=-1)
-    chosen = jnp.take_along_axis(logprobs, tokens[:, 1:, None], axis=-1)[..., 0]
-    if top:
-        top_lp, top_ids = jax.lax.top_k(logprobs, top)
-        return chosen, top_ids.astype(jnp.int32), top_lp, batch.kv
-    return chosen, None, None, batch.kv
+    b = tokens.shape[0]
+    bs = kv.block_size
+    rows = jnp.arange(b)
+    k_top = flags.top_logprobs
+    out0 = {"tokens": jnp.full((steps, b), -1, jnp.int32), "logprob": jnp.zeros((steps, b), jnp.float32)}
+    if k_top:
+        out0["top_ids"] = jnp.zeros((steps, b, k_top), jnp.int32)
+        out0["top_logprobs"] = jnp.zeros((steps, b, k_top), jnp.float32)
+
+    def cond(carry):
+        i, alive = carry[0], carry[4]
+        return (i < steps) & jnp.any(alive)
+
+    def body(carry):
+        i, kv, tok, pos, alive, s, out = carry
+        page = jnp.take_along_axis(block_tables, (pos // bs)[:, None], axis=1)[:, 0]
+        slots = jnp.where(alive, page * bs + pos % bs, pos % bs)  # done rows write to the null block
+        batch = PagedBatch(kv, pos[:, None], slots[:, None], block_tables, pos + 1, jnp.zeros((b,), jnp.int32),
+                           window=window, attention_impl=impl, mesh=mesh)
+        logits, batch = model(tok[:, None], cache=batch, last_only=True)
+        res = sample(logits[:, 0], s, flags)
+        new = res["tokens"]
+        out = dict(out)
+        out["tokens"] = out["tokens"].at[i].set(jnp.where(alive, new, -1))
+        out["logprob"] = out["logprob"].at[i].set(res["logprob"])
+        if k_top:
+            out["top_ids"] = out["top_ids"].at[i].set(res["top_ids"])
+            out["top_logprobs"] = out["top_logprobs"].at[i].set(res["top_logprobs"])
+        if flags.penalties:  # the new token joins the row's history (as an output token)
+            at = jnp.minimum(history_len + i, s.history.shape[1] - 1)
+            s = s.replace(history=s.history.at[rows, at].set(jnp.where(alive, new, -1)),
+                          history_is_output=s.history_is_output.at[rows, at].set(alive))
+        stopped = jnp.any(new[:, None] == stop_ids, axis=1)
+        alive = alive & ~stopped & (i + 1 < limits)
+        s = s.replace(step=s.step + 1)
+        return i + 1, batch.kv, new, pos + 1, alive, s, out
+
+    carry = (jnp.int32(0), kv, tokens, positions, limits > 0, sampling, out0)
+    _, kv, _, _, _, _, out = jax.lax.while_loop(cond, body, carry)
+    return out, kv
 
 
 _copy_blocks = jax.jit(copy_blocks, donate_argnums=0)
@@ -82,6 +142,8 @@ class Row:
     step: int = 0
     history: list[int] | None = None  # prompt + output ids (penalties)
     num_prompt: int = 0  # how many of `history` are prompt tokens
+    score_index: list[int] | None = None  # prompt scoring: which of `tokens` to score ...
+    score_targets: list[int] | None = None  # ... against which next-token ids
 
 
 def tp_state_shardings(state: nnx.State, mesh: jax.sharding.Mesh):
@@ -141,12 +203,21 @@ class ModelRunner:
     def _put(self, x):
         return jnp.asarray(x) if self._replicated is None else jax.device_put(x, self._replicated)
 
-    def _layout(self, rows: list[Row], t_bucket: int):
-        """Padded token / position / slot / table arrays for rows (numpy)."""
+    def _layout(self, rows: list[Row], t_bucket: int, ahead: list[int] | None = None):
+        """Padded token / position / slot / table arrays for rows (numpy); the tables cover
+        `ahead[i]` positions from each row's start when given (multi-step decode)."""
         b = bucket(len(rows))
         bs = self.block_size
-        # at least 4 blocks per row: short sequences share one compiled shape
-        nb = bucket(max(-(-(r.start + len(r.tokens)) // bs) for r in rows), 4)
+        if t_bucket > 1:
+            # prefill attends to the new tokens directly: the tables list only the cached
+            # prefix's blocks (none when every row starts a fresh prompt)
+            span = [r.start for r in rows]
+            nb = max(-(-n // bs) for n in span)
+            nb = bucket(nb, 4) if nb else 0
+        else:
+            span = [r.start + (a if ahead is not None else len(r.tokens)) for r, a in zip(rows, ahead or [0] * len(rows))]
+            # at least 4 blocks per row: short sequences share one compiled shape
+            nb = bucket(max(-(-n // bs) for n in span), 4)
         nb = min(nb, self.num_blocks)
         tokens = np.zeros((b, t_bucket), np.int32)
         positions = np.zeros((b, t_bucket), np.int32)
@@ -161,14 +232,15 @@ class ModelRunner:
             positions[i, :n] = pos
             positions[i, n:] = pos[-1]
             table = np.asarray(r.block_table, np.int32)
-            tables[i, : len(table)] = table[:nb]
+            tables[i, : min(len(table), nb)] = table[:nb]
             slots[i, :n] = table[pos // bs] * bs + pos % bs
             slots[i, n:] = pos[-1] % bs  # null block 0
             lengths[i] = r.start + n
             last[i] = n - 1
         return tokens, positions, slots, tables, lengths, last
 
-    def _sampling(self, rows: list[Row], b: int, flags: SamplingFlags) -> SamplingArrays:
+    def _sampling(self, rows: list[Row], b: int, flags: SamplingFlags, extra: int = 0) -> SamplingArrays:
+        """Per-row sampling arrays; `extra` leaves room for that many more history tokens."""
         def col(name, default, dtype):
             a = np.full((b,), default, dtype)
             a[: len(rows)] = [getattr(r, name) for r in rows]
@@ -179,7 +251,7 @@ class ModelRunner:
             if r.key_data is not None:
                 key_data[i] = r.key_data
         if flags.penalties:
-            length = bucket(max(len(r.history or ()) for r in rows), 16)
+            length = bucket(max(len(r.history or ()) for r in rows) + extra, 16)
             history = np.full((b, length), -1, np.int32)
             is_out = np.zeros((b, length), bool)
             for i, r in enumerate(rows):
@@ -200,37 +272,80 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ steps
 
-    def step(self, rows: list[Row], flags: SamplingFlags) -> dict[str, np.ndarray]:
+    def _score_arrays(self, rows: list[Row], b: int, t_bucket: int):
+        """{"index", "targets"} [b, S] for rows that score prompt tokens (None when none does);
+        S is a power of two from 16 up to the step's token bucket (few compiled shapes)."""
+        if not any(r.score_index for r in rows):
+            return None
+        length = min(bucket(max(len(r.score_index or ()) for r in rows), 16), t_bucket)
+        index = np.zeros((b, length), np.int32)
+        targets = np.zeros((b, length), np.int32)
+        for i, r in enumerate(rows):
+            if r.score_index:
+                index[i, : len(r.score_index)] = r.score_index
+                targets[i, : len(r.score_targets)] = r.score_targets
+        return {"index": self._put(index), "targets": self._put(targets)}
+
+    def step(self, rows: list[Row], flags: SamplingFlags, score_top: int = 0) -> dict[str, np.ndarray]:
         """Runs one prefill (rows with several new tokens) or decode (one token each) batch.
 
         Returns numpy arrays with one entry per row: tokens, logprob (and top_ids,
-        top_logprobs when flags.top_logprobs).
+        top_logprobs when flags.top_logprobs); for rows with `score_index`, score_logprob /
+        score_greedy [rows, S] (and score_top_ids / score_top_logprobs [rows, S, score_top]).
         """
         t = max(len(r.tokens) for r in rows)
         t_bucket = 1 if t == 1 else bucket(t, 16)
         tokens, positions, slots, tables, lengths, last = self._layout(rows, t_bucket)
         sampling = self._sampling(rows, tokens.shape[0], flags)
+        score = self._score_arrays(rows, tokens.shape[0], t_bucket)
         out, self.kv = _step(
             self.graphdef, self.state, self.kv, *map(self._put, (tokens, positions, slots, tables, lengths, last)),
-            sampling, flags=flags, window=self.window, impl=self.impl, mesh=self.mesh,
+            sampling, score, flags=flags, window=self.window, impl=self.impl, mesh=self.mesh,
+            score_top=score_top if score is not None else 0,
         )
         out = jax.device_get(out)
         return {k: np.asarray(v)[: len(rows)] for k, v in out.items()}
+
+    def decode(self, rows: list[Row], flags: SamplingFlags, limits: list[int], stop_ids: list[list[int]],
+               steps: int) -> dict[str, np.ndarray]:
+        """Up to `steps` decode tokens per row in one dispatch (see `_decode_loop`).
+
+        Each row has one new token (the last sampled one) and blocks for `limits[i]` positions
+        from there. Returns numpy arrays [steps, rows] (tokens -1 after a row is done).
+        """
+        b = bucket(len(rows))
+        tokens, positions, _, tables, _, _ = self._layout(rows, 1, ahead=[max(1, x) for x in limits])
+        sampling = self._sampling(rows, b, flags, extra=steps)
+        lim = np.zeros((b,), np.int32)
+        lim[: len(rows)] = limits
+        width = bucket(max((len(x) for x in stop_ids), default=1), 4)
+        stops = np.full((b, width), -1, np.int32)
+        for i, x in enumerate(stop_ids):
+            stops[i, : len(x)] = list(x)
+        hist_len = np.zeros((b,), np.int32)
+        hist_len[: len(rows)] = [len(r.history or ()) for r in rows]
+        out, self.kv = _decode_loop(
+            self.graphdef, self.state, self.kv, *map(self._put, (tokens[:, 0], positions[:, 0], tables, lim, stops)),
+            sampling, self._put(hist_len), flags=flags, window=self.window, impl=self.impl, mesh=self.mesh,
+            steps=steps,
+        )
+        out = jax.device_get(out)
+        return {k: np.asarray(v)[:, : len(rows)] for k, v in out.items()}
 
     def score(self, token_ids: list[int], block_table: list[int], top: int = 0):
         """Log-probs [n-1] of token_ids[1:] computed through the paged pool (blocks given).
 
         With top > 0 returns (log-probs, top ids [n-1, top], top log-probs [n-1, top]).
         """
-        row = Row(tokens=list(token_ids), start=0, block_table=block_table)
-        tokens, positions, slots, tables, lengths, _ = self._layout([row], bucket(len(token_ids), 16))
-        lp, ids, tlp, self.kv = _score(self.graphdef, self.state, self.kv,
-                                       *map(self._put, (tokens, positions, slots, tables, lengths)),
-                                       window=self.window, impl=self.impl, top=top)
         n = len(token_ids) - 1
+        if n < 1:
+            raise ValueError("scoring needs at least two tokens")
+        row = Row(tokens=list(token_ids), start=0, block_table=block_table, score_index=list(range(n)),
+                  score_targets=list(token_ids[1:]))
+        out = self.step([row], SamplingFlags(), score_top=top)
         if top:
-            return np.asarray(lp)[0, :n], np.asarray(ids)[0, :n], np.asarray(tlp)[0, :n]
-        return np.asarray(lp)[0, :n]
+            return out["score_logprob"][0, :n], out["score_top_ids"][0, :n], out["score_top_logprobs"][0, :n]
+        return out["score_logprob"][0, :n]
 
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
         """Copies KV blocks src -> dst (copy-on-write when a sequence forks)."""
@@ -245,7 +360,7 @@ class ModelRunner:
     @staticmethod
     def compiled_programs() -> int:
         """Programs compiled so far by the step functions (for no-recompile checks)."""
-        return _step._cache_size() + _score._cache_size()
+        return _step._cache_size() + _decode_loop._cache_size()
 
 
 def score_logprobs(model: Transformer, token_ids: list[int], kv_dtype: str = "auto", block_size: int = 16,

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from puyu_jax.models.logprobs import token_logprobs
 from puyu_jax.serve.config import MAX_TOP_LOGPROBS, GenerationConfig
 
 Array = jax.Array
@@ -106,8 +107,7 @@ def sample(logits: Array, s: SamplingArrays, flags: SamplingFlags) -> dict[str, 
       tokens [b] int32; logprob [b] (of the chosen token under the raw model
       distribution); top_ids / top_logprobs [b, K] when flags.top_logprobs.
     """
-    logits = logits.astype(jnp.float32)
-    raw_logprobs = jax.nn.log_softmax(logits, axis=-1)
+    logits = raw = logits.astype(jnp.float32)
     if flags.penalties:
         logits = apply_penalties(logits, s)
     tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -122,8 +122,9 @@ def sample(logits: Array, s: SamplingArrays, flags: SamplingFlags) -> dict[str, 
 
         sampled = jax.vmap(draw)(s.key_data, s.step, scaled).astype(jnp.int32)
         tokens = jnp.where(s.temperature > 0, sampled, tokens)
-    out = {"tokens": tokens, "logprob": jnp.take_along_axis(raw_logprobs, tokens[:, None], axis=-1)[:, 0]}
+    logprob, logz = token_logprobs(raw, tokens)
+    out = {"tokens": tokens, "logprob": logprob}
     if flags.top_logprobs:
-        top_lp, top_ids = jax.lax.top_k(raw_logprobs, flags.top_logprobs)
-        out["top_ids"], out["top_logprobs"] = top_ids.astype(jnp.int32), top_lp
+        top_logits, top_ids = jax.lax.top_k(raw, flags.top_logprobs)
+        out["top_ids"], out["top_logprobs"] = top_ids.astype(jnp.int32), top_logits - logz[:, None]
     return out

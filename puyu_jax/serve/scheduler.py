@@ -53,6 +53,11 @@ class Sequence:
     emitted_logprobs: int = 0
     finish_reason: str | None = None
     stop_reason: str | int | None = None
+    # prompt scoring: the log-prob of prompt token p + 1 is read at position p, for every
+    # p >= score_from; `scored` counts the positions done (they survive a preemption)
+    score_from: int | None = None
+    scored: int = 0
+    score_only: bool = False  # max_new_tokens 0: done once the prompt is scored
 
     @property
     def output_ids(self) -> list[int]:
@@ -60,8 +65,24 @@ class Sequence:
 
     @property
     def target(self) -> int:
-        """Tokens whose KV must be computed before the next sample (or the fork)."""
-        return len(self.token_ids) - (1 if self.fork_pending else 0)
+        """Tokens whose KV must be computed before the next sample (or the fork, or the end
+        of scoring: the last prompt token predicts nothing to score)."""
+        return len(self.token_ids) - (1 if self.fork_pending or self.score_only else 0)
+
+    @property
+    def scoring(self) -> bool:
+        """Prompt positions remain to be scored."""
+        return self.score_from is not None and max(self.score_from, self.scored) < self.num_prompt - 1
+
+    @property
+    def score_next(self) -> int:
+        """The first prompt position still to score."""
+        return max(self.score_from or 0, self.scored)
+
+    @property
+    def max_ahead(self) -> int:
+        """Tokens this sequence may still generate."""
+        return max(1, self.group.gen.max_new_tokens - len(self.output_ids))
 
     @property
     def remaining(self) -> int:
@@ -84,6 +105,10 @@ class SequenceGroup:
     seqs: list[Sequence] = field(default_factory=list)
     aborted: bool = False
     prompt_logprobs: list | None = None
+    # raw prompt scores [len(prompt)] (NaN / False where not scored): log-prob, was-argmax
+    prompt_scores: tuple | None = None
+    prompt_top: tuple | None = None  # (ids, log-probs) [len(prompt), MAX_TOP_LOGPROBS] for the API
+    api_scores: bool = False  # build `prompt_logprobs` (the API's per-token form) too
 
     @property
     def finished(self) -> bool:
@@ -138,13 +163,27 @@ class Scheduler:
         """Blocks seq still needs to hold num_computed + n_new tokens."""
         return max(0, self.blocks_for(seq.num_computed + n_new) - len(seq.block_table))
 
-    def schedule(self) -> ScheduledBatch:
+    def admissible(self) -> bool:
+        """Prompt work could run now: a sequence mid-prefill, or a waiting one with room to start."""
+        if any(s.remaining > 1 for s in self.running):
+            return True
+        return bool(self.waiting) and len(self.running) < self.config.max_num_seqs
+
+    def schedule(self, lookahead: int = 1) -> ScheduledBatch:
+        """Plans one round. Decoding sequences get blocks for up to `lookahead` new tokens
+        (several decode steps per dispatch), or for one when the pool is short."""
         out = ScheduledBatch()
         budget = self.config.max_num_batched_tokens
 
-        # 1. decode: one token for each running sequence that is past its prompt
+        # 1. decode: tokens for each running sequence that is past its prompt
         for seq in list(self.running):
             if seq.status is not Status.RUNNING or seq.remaining != 1:
+                continue
+            ahead = self._grow(seq, min(lookahead, seq.max_ahead))
+            if ahead and self.blocks.can_allocate(ahead):
+                seq.block_table += self.blocks.allocate(ahead)
+                out.decode.append(seq)
+                budget -= 1
                 continue
             need = self._grow(seq, 1)
             while need and not self.blocks.can_allocate(need):
@@ -181,6 +220,8 @@ class Scheduler:
             if not seq.block_table and seq.num_computed == 0:
                 cached = self.blocks.match_prefix(seq.token_ids)
                 keep = seq.target // self.blocks.block_size
+                if seq.scoring:  # positions to score must be computed, not read from the cache
+                    keep = min(keep, seq.score_next // self.blocks.block_size)
                 self.blocks.release(cached[keep:])
                 cached = cached[:keep]
                 seq.block_table = list(cached)

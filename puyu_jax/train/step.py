@@ -28,6 +28,7 @@ import optax
 from flax import nnx
 
 from puyu_jax.models.config import ModelConfig
+from puyu_jax.models.logprobs import token_logprobs
 from puyu_jax.models.params import abstract_model, init_model, logical_axes, param_shapes, to_flat
 from puyu_jax.parallel.sharding import (
     activation_rules,
@@ -95,8 +96,8 @@ def token_loss(model, batch: dict[str, jax.Array], z_loss: float, remat) -> tupl
     valid = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)
     if "loss_mask" in batch:
         valid &= batch["loss_mask"][:, 1:] != 0
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    nll = lse - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    logprob, lse = token_logprobs(logits, targets)
+    nll = -logprob
     w = valid.astype(jnp.float32)
     return jnp.sum(nll * w), jnp.sum(jnp.square(lse) * w), jnp.sum(w)
 

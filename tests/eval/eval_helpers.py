@@ -62,15 +62,15 @@ def make_app(model, tokenizer, name: str = "smollm2"):
 
     /v1/completions scores prompts with one plain forward pass per prompt (no batching or
     padding: an independent check of the batched scorer) and returns `echo` + `logprobs`;
-    /v1/chat/completions generates greedily with `Generator`; model "judge" answers with
+    /v1/chat/completions generates greedily with the dense oracle (`tests/oracle.py`); model "judge" answers with
     `standin_judge_reply`. Every request is counted in `app.state.requests`.
     """
     from puyu_jax.chat_templates import apply_chat_template
-    from puyu_jax.generate import Generator, SamplingConfig
+    from oracle import DenseGenerator
 
     app = FastAPI()
     app.state.requests = []
-    gen = Generator(model, prompt_bucket=256, cache_bucket=512)
+    gen = DenseGenerator(model, prompt_bucket=256, cache_bucket=512)
     lock = threading.Lock()
 
     @app.get("/v1/models")
@@ -109,9 +109,8 @@ def make_app(model, tokenizer, name: str = "smollm2"):
             text = standin_judge_reply(body["messages"])
         else:
             ids = apply_chat_template(tokenizer, body["messages"], add_generation_prompt=True, tokenize=True)
-            sampling = SamplingConfig(temperature=0.0, max_new_tokens=int(body.get("max_tokens") or 64))
             with lock:
-                out = gen.generate([ids], sampling, stop_ids=tokenizer.eos_ids)[0]
+                out = gen.generate([ids], int(body.get("max_tokens") or 64), stop_ids=tokenizer.eos_ids)[0]
             text = tokenizer.decode([t for t in out if t not in tokenizer.eos_ids], skip_special=True)
             for s in body.get("stop") or []:
                 text = text.split(s)[0]

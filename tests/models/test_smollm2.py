@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from puyu_jax.chat_templates import apply_chat_template
-from puyu_jax.generate import Generator, SamplingConfig
+from puyu_jax.serve import EngineConfig, GenerationConfig, LLMEngine
 from puyu_jax.models import init_cache
 from puyu_jax.pretrained import load_pretrained
 
@@ -58,7 +58,8 @@ def test_logits_match_transformers(hf_model, puyu):
 def test_greedy_generation_is_token_identical(hf_model, puyu):
     ids = [_chat_ids(puyu.tokenizer, p) for p in PROMPTS]
     eos = puyu.tokenizer.eos_ids
-    ours = Generator(puyu.model).generate(ids, SamplingConfig(max_new_tokens=32), stop_ids=eos)
+    engine = LLMEngine(puyu.model, puyu.tokenizer, EngineConfig(kv_cache_memory_gb=0.1))
+    ours = [o.outputs[0].token_ids for o in engine.generate(ids, GenerationConfig(max_new_tokens=32))]
     for prompt_ids, got in zip(ids, ours):
         with torch.no_grad():
             ref = hf_model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),

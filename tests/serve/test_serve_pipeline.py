@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from puyu_jax import GenerationConfig, pipeline
-from puyu_jax.generate import Generator, SamplingConfig
+from oracle import DenseGenerator
 from puyu_jax.serve.chat import chat_loop
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -19,8 +19,7 @@ def test_chat_answer_matches_simple_generate(pipe):
     r = pipe.chat(QUESTION, GenerationConfig(max_new_tokens=24))
     assert "Paris" in r.text
     ids = pipe.encode_chat(QUESTION)
-    ref = Generator(_model(pipe)).generate(
-        [ids], SamplingConfig(max_new_tokens=24), stop_ids=pipe.tokenizer.eos_ids)[0]
+    ref = DenseGenerator(_model(pipe)).generate([ids], 24, stop_ids=pipe.tokenizer.eos_ids)[0]
     assert r.token_ids == ref
     assert r.input_token_len == len(ids) and r.generate_token_len == len(ref)
 

@@ -42,3 +42,40 @@ def test_echo_logprobs_score_the_prompt_as_the_model_does():
         want = _dense_logprobs(engine, full)[n_prompt - 1:]
         assert score.tokens == len(full) - n_prompt
         np.testing.assert_allclose(score.logprob, want.sum(), atol=1e-3)
+
+
+def test_batched_scoring_through_the_scheduler_equals_the_dense_forward():
+    """Many sequences scored as scheduled prefill work (shared contexts served by the prefix
+    cache, prompts chunked by a small token budget, a pool that holds a few at once): every
+    scored position equals one plain forward of that sequence alone (<= 1e-4)."""
+    from puyu_jax.models.config import ModelConfig
+    from puyu_jax.models.params import init_model
+    from puyu_jax.serve.config import EngineConfig
+    from puyu_jax.serve.engine import LLMEngine
+
+    model = init_model(ModelConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=8,
+                                   num_kv_heads=4, head_dim=16, max_position_embeddings=512), seed=3)
+    vocab = model.cfg.vocab_size
+    rng = np.random.default_rng(0)
+    contexts = [list(rng.integers(1, vocab, n)) for n in (40, 7, 70)]
+    seqs, froms = [], []
+    for ctx in contexts:
+        for k in (1, 3, 9):  # three continuations of each context
+            seqs.append([int(t) for t in ctx + list(rng.integers(1, vocab, k))])
+            froms.append(len(ctx) - 1)
+    seqs.append([int(t) for t in rng.integers(1, vocab, 90)])
+    froms.append(0)
+    eng = LLMEngine(model, None, EngineConfig(block_size=8, num_blocks=40, max_num_seqs=6, max_num_batched_tokens=48))
+    first = eng.score_batch(seqs[::3], froms[::3])  # the contexts enter the prefix cache
+    rest = eng.score_batch([s for i, s in enumerate(seqs) if i % 3], [f for i, f in enumerate(froms) if i % 3])
+    assert eng.stats().prefix_cache_hits > 0 and eng.stats().num_blocks_used == 0
+    scores = [None] * len(seqs)
+    scores[::3] = first
+    scores[1::3], scores[2::3] = rest[0::2], rest[1::2]
+    for ids, start, (lp, greedy) in zip(seqs, froms, scores):
+        logits, _ = model(jax.numpy.asarray([ids], dtype=np.int32))
+        dense = np.asarray(jax.nn.log_softmax(logits[0, :-1], axis=-1))
+        want = dense[np.arange(len(ids) - 1), ids[1:]]
+        np.testing.assert_allclose(lp[start + 1:], want[start:], atol=1e-4)
+        np.testing.assert_array_equal(greedy[start + 1:], dense.argmax(-1)[start:] == np.asarray(ids[1:])[start:])
+        assert np.isnan(lp[: start + 1]).all()

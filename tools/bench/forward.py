@@ -1,8 +1,8 @@
-"""Prefill and decode throughput: puyu (jit, dense KV cache) vs transformers (torch) on SmolLM2-135M.
+"""Prefill and decode throughput: the puyu engine (jit, paged KV cache) vs transformers (torch) on SmolLM2-135M.
 
 Both load the same GGUF (SmolLM2-135M-Instruct, dequantized to fp32) and run on the
 CPU with the same number of threads. Prefill: one forward over a batch of prompts.
-Decode: greedy new tokens after the prefill (transformers: `generate` minus its prefill).
+Decode: greedy new tokens after the prefill (`generate` minus its prefill, on both sides).
 
     python tools/bench/forward.py [--prompt-len 128] [--new-tokens 64] [--batches 1 8] [--threads 2]
 """
@@ -36,39 +36,25 @@ def _best(fn, repeats):
 
 
 def bench_puyu(path, batches, prompt_len, new_tokens, repeats):
-    import jax
-    import jax.numpy as jnp
     import numpy as np
 
-    from puyu_jax.generate import Generator, SamplingConfig, _prefill
-    from puyu_jax.models import init_cache
     from puyu_jax.pretrained import load_pretrained
+    from puyu_jax.serve import EngineConfig, GenerationConfig, LLMEngine
 
     pre = load_pretrained(path)
-    gen = Generator(pre.model, prompt_bucket=prompt_len)
     rng = np.random.default_rng(0)
     out = {}
     for b in batches:
         prompts = rng.integers(100, pre.cfg.vocab_size, (b, prompt_len)).tolist()
-        knobs = (0.0, 0, 1.0)
-        key = jax.random.key(0)
-
-        def prefill():
-            cache = init_cache(pre.cfg, b, prompt_len, starts=np.zeros(b, np.int32))
-            tok, _, _ = _prefill(gen.graphdef, gen.state, jnp.asarray(prompts, jnp.int32), cache, key, knobs)
-            tok.block_until_ready()
-
-        prefill()  # compile
-        t_prefill, _ = _best(prefill, repeats)
-        sampling = SamplingConfig(max_new_tokens=new_tokens)
-        gen.generate(prompts, sampling)  # compile decode
-        decode_times = []
-        for _ in range(repeats):
-            gen.stats.decode_s = 0.0
-            gen.stats.decode_steps = 0
-            gen.generate(prompts, sampling)
-            decode_times.append(gen.stats.decode_s / max(gen.stats.decode_steps, 1))
-        out[b] = (b * prompt_len / t_prefill, b / min(decode_times))
+        blocks = 1 + b * -(-(prompt_len + new_tokens) // 16)
+        eng = LLMEngine(pre.model, None, EngineConfig(max_num_seqs=b, max_num_batched_tokens=b * prompt_len,
+                                                      num_blocks=blocks, enable_prefix_caching=False))
+        first = GenerationConfig(max_new_tokens=1, ignore_eos=True)
+        full = GenerationConfig(max_new_tokens=new_tokens, ignore_eos=True)
+        eng.generate(prompts, full)  # compile
+        t_prefill, _ = _best(lambda: eng.generate(prompts, first), repeats)
+        t_gen, _ = _best(lambda: eng.generate(prompts, full), repeats)
+        out[b] = (b * prompt_len / t_prefill, b * (new_tokens - 1) / max(t_gen - t_prefill, 1e-9))
     return out
 
 

@@ -41,7 +41,8 @@ PUYU_VARIANTS = {
     "puyu-int4": dict(kv_dtype="auto", quant="int4"),
     "puyu-kv8": dict(kv_dtype="int8", quant="none"),
 }
-TEXT_SOURCES = ("/work/shared/data/pretrain/wiki_demo.txt", "puyu_jax/train/assets/tinyshakespeare.txt")
+# relative to the repository: the shared data folder beside it, else the text shipped in the package
+TEXT_SOURCES = ("../shared/data/pretrain/wiki_demo.txt", "puyu_jax/train/assets/tinyshakespeare.txt")
 REPO = Path(__file__).resolve().parents[2]
 
 
