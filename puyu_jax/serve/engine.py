@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sys
 import time
 import uuid
 from collections.abc import Sequence as Seq
@@ -24,7 +25,7 @@ from puyu_jax.models.config import ModelConfig
 from puyu_jax.serve.block_manager import BlockManager, block_hashes
 from puyu_jax.serve.config import MAX_TOP_LOGPROBS, EngineConfig, GenerationConfig
 from puyu_jax.serve.detokenize import update_text
-from puyu_jax.serve.errors import PromptTooLongError, QueueFullError
+from puyu_jax.serve.errors import PromptTooLongError, QueueFullError, RequestFailedError
 from puyu_jax.serve.kv_cache import kv_bytes_per_block
 from puyu_jax.serve.outputs import CompletionOutput, EngineStats, RequestMetrics, RequestOutput, TokenLogprob
 from puyu_jax.serve.runner import ModelRunner, Row
@@ -59,6 +60,7 @@ class LLMEngine:
         self.groups: dict[str, SequenceGroup] = {}
         self._seq_ids = itertools.count()
         self._finished_out: list[RequestOutput] = []  # aborted requests reported at the next step
+        self._failures: list[tuple[str, BaseException]] = []  # requests whose step raised (see _fail_group)
         self._rng = np.random.default_rng()
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
@@ -202,37 +204,102 @@ class LLMEngine:
             if n == 0:
                 self._maybe_fork(seq)
         for group in progressed.values():
+            if group.aborted:  # failed in this step: reported through take_failures
+                continue
             outputs.append(self._output(group, final=group.finished))
             if group.finished:
                 self.groups.pop(group.request_id, None)
         return outputs
 
+    def _row(self, seq: Sequence, n: int) -> Row:
+        g = seq.group.gen
+        start = seq.num_computed
+        return Row(
+            tokens=seq.token_ids[start:start + n], start=start, block_table=seq.block_table,
+            temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, min_p=g.min_p,
+            repetition_penalty=g.repetition_penalty, presence_penalty=g.presence_penalty,
+            frequency_penalty=g.frequency_penalty, key_data=seq.key_data, step=len(seq.output_ids),
+            history=seq.token_ids if g.uses_penalties else None, num_prompt=seq.num_prompt,
+        )
+
     def _run(self, work: list[tuple[Sequence, int]], progressed: dict) -> None:
-        rows = []
+        rows, kept = [], []
         for seq, n in work:
-            g = seq.group.gen
-            start = seq.num_computed
-            rows.append(Row(
-                tokens=seq.token_ids[start:start + n], start=start, block_table=seq.block_table,
-                temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, min_p=g.min_p,
-                repetition_penalty=g.repetition_penalty, presence_penalty=g.presence_penalty,
-                frequency_penalty=g.frequency_penalty, key_data=seq.key_data, step=len(seq.output_ids),
-                history=seq.token_ids if g.uses_penalties else None, num_prompt=seq.num_prompt,
-            ))
-        flags = flags_for([s.group.gen for s, _ in work])
-        result = self.runner.step(rows, flags)
+            if seq.finished:  # its request failed earlier in this step
+                continue
+            try:
+                rows.append(self._row(seq, n))
+                kept.append((seq, n))
+            except Exception as e:  # noqa: BLE001 - one request's fault fails that request only
+                self._fail_group(seq.group, e)
+        if not rows:
+            return
+        results = self._run_rows(rows, [s.group.gen for s, _ in kept], [s.group for s, _ in kept])
         now = time.time()
-        for i, (seq, n) in enumerate(work):
-            seq.num_computed += n
-            self.prompt_tokens_total += max(0, min(seq.num_computed, seq.num_prompt) - (seq.num_computed - n))
-            self._register_blocks(seq)
-            if seq.num_computed < len(seq.token_ids):
-                if seq.fork_pending and seq.remaining == 0:
-                    self._maybe_fork(seq)
-                continue  # a prompt chunk: nothing sampled yet
-            token = int(result["tokens"][i])
-            self._append(seq, token, result, i, now)
-            progressed[seq.group.request_id] = seq.group
+        for (seq, n), res in zip(kept, results):
+            if res is None or seq.finished:
+                continue
+            try:
+                self._advance(seq, n, res[0], res[1], now, progressed)
+            except Exception as e:  # noqa: BLE001
+                self._fail_group(seq.group, e)
+
+    def _run_rows(self, rows: list[Row], gens: list[GenerationConfig], groups: list[SequenceGroup]) -> list:
+        """(result, row index) per row, or None for a row whose request failed. A failed batch is retried
+        row by row to find the request at fault, unless it consumed the KV pool (then the engine cannot go on)."""
+        try:
+            result = self.runner.step(rows, flags_for(gens))
+            return [(result, i) for i in range(len(rows))]
+        except Exception:
+            if not self.runner.pool_intact():
+                raise
+            if len(rows) == 1:
+                self._fail_group(groups[0], sys.exc_info()[1])
+                return [None]
+        out = []
+        for row, gen, group in zip(rows, gens, groups):
+            if group.aborted:
+                out.append(None)
+                continue
+            try:
+                out.append((self.runner.step([row], flags_for([gen])), 0))
+            except Exception as e:  # noqa: BLE001
+                if not self.runner.pool_intact():
+                    raise
+                self._fail_group(group, e)
+                out.append(None)
+        return out
+
+    def _advance(self, seq: Sequence, n: int, result: dict, i: int, now: float, progressed: dict) -> None:
+        seq.num_computed += n
+        self.prompt_tokens_total += max(0, min(seq.num_computed, seq.num_prompt) - (seq.num_computed - n))
+        self._register_blocks(seq)
+        if seq.num_computed < len(seq.token_ids):
+            if seq.fork_pending and seq.remaining == 0:
+                self._maybe_fork(seq)
+            return  # a prompt chunk: nothing sampled yet
+        token = int(result["tokens"][i])
+        self._append(seq, token, result, i, now)
+        progressed[seq.group.request_id] = seq.group
+
+    def _fail_group(self, group: SequenceGroup, exc: BaseException) -> None:
+        """Ends one request whose step raised: frees its blocks and hands `exc` to `take_failures`;
+        the other requests go on."""
+        log.error("request %s failed and was ended: %r", group.request_id, exc, exc_info=exc)
+        group.aborted = True
+        for seq in group.seqs:
+            seq.fork_pending = False
+            if not seq.finished:
+                self.scheduler.remove(seq)
+                seq.status, seq.finish_reason = Status.FINISHED, "error"
+        group.metrics.finished_time = time.time()
+        self.groups.pop(group.request_id, None)
+        self._failures.append((group.request_id, exc))
+
+    def take_failures(self) -> list[tuple[str, BaseException]]:
+        """(request id, exception) of the requests that failed since the last call; they get no further output."""
+        failed, self._failures = self._failures, []
+        return failed
 
     def _register_blocks(self, seq: Sequence) -> None:
         bs = self.blocks.block_size
@@ -362,7 +429,13 @@ class LLMEngine:
 
             bar = tqdm(total=len(ids), desc="generate", unit="req")
         while len(final) < len(ids):
-            for out in self.step():
+            outputs = self.step()
+            for rid, exc in self.take_failures():
+                if rid in ids:
+                    for other in ids:
+                        self.abort_request(other)
+                    raise RequestFailedError(rid, exc) from exc
+            for out in outputs:
                 if out.finished:
                     final[out.request_id] = out
                     if bar is not None:
