@@ -83,8 +83,9 @@ def build_server(cfg: ServeConfig, engine=None):
             super().handle_exit(sig, frame)
 
     server = DrainingServer(config)
-    # a fault in the engine's shared state: stop serving (in-flight streams got their error) and exit non-zero
-    async_engine.add_death_listener(lambda e: setattr(server, "should_exit", True))
+    # a fault in the engine's shared state: in-flight streams got their error; /health says so for a moment,
+    # then the server stops and the process exits non-zero (a supervisor restarts it)
+    async_engine.add_death_listener(lambda e: threading.Timer(2.0, setattr, (server, "should_exit", True)).start())
     return server
 
 
