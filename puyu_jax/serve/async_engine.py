@@ -91,13 +91,15 @@ class AsyncEngine:
             for rid in list(self._streams):
                 self.abort(rid)
             # let the loop report the aborts before it stops
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 30
             while self.is_running and self._streams and time.monotonic() < deadline:
                 time.sleep(0.02)
             self._stop.set()
             self._wake.set()
             if self._thread is not None:
                 self._thread.join(timeout=10)
+            for rid in list(self._streams):  # not reported in time: end them anyway
+                self._deliver(EngineDeadError("the server shut down before this request finished"), rid)
 
     def stats(self) -> EngineStats:
         return self._stats

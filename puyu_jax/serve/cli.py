@@ -73,7 +73,7 @@ def build_server(cfg: ServeConfig, engine=None):
                      drain_timeout_s=cfg.drain_timeout_s, warmup=plan)
     # streams may still write their last events after the engine's drain time
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, access_log=cfg.access_log,
-                            timeout_graceful_shutdown=int(cfg.drain_timeout_s) + 10)
+                            timeout_graceful_shutdown=int(cfg.drain_timeout_s) + 45)
     class DrainingServer(uvicorn.Server):
         """uvicorn, with the app's drain started as soon as SIGTERM / SIGINT arrives: new requests get 503
         and in-flight ones finish or are cut (error event + [DONE]) before uvicorn stops."""

@@ -103,6 +103,9 @@ def create_app(async_engine, *, served_model_name: str = "", api_keys: Sequence[
         """Refuses new requests from now on and drains the engine in a thread (idempotent)."""
         with drain_lock:
             state.draining = True
+            warm_task, loop = app.state.warm_task
+            if warm_task is not None:  # its throwaway requests must not hold the drain
+                loop.call_soon_threadsafe(warm_task.cancel)
             if app.state.drain_thread is None:
                 app.state.drain_thread = threading.Thread(target=async_engine.shutdown, args=(drain_timeout_s,),
                                                           name="puyu-drain", daemon=True)
@@ -117,22 +120,25 @@ def create_app(async_engine, *, served_model_name: str = "", api_keys: Sequence[
     async def warm():
         try:
             await run_warmup(async_engine, list(warmup), progress)
+        except asyncio.CancelledError:
+            warming["total"] = warming["done"]
+            raise
         except Exception as e:  # noqa: BLE001 - the server serves without it; first use compiles instead
             log.warning("warm-up stopped: %r", e)
             warming["total"] = warming["done"]
 
     @asynccontextmanager
     async def lifespan(app):
-        task = asyncio.ensure_future(warm()) if warmup else None
+        if warmup:
+            app.state.warm_task = (asyncio.ensure_future(warm()), asyncio.get_running_loop())
         yield
-        if task is not None:
-            task.cancel()
         await asyncio.to_thread(begin_drain().join)
         state.prep.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="puyu OpenAI-compatible server", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = state
     app.state.drain_thread = None
+    app.state.warm_task = (None, None)
     app.state.begin_drain = begin_drain
     install_handlers(app)
     app.add_middleware(_CountRequests, metrics=state.metrics)
@@ -180,7 +186,7 @@ def create_app(async_engine, *, served_model_name: str = "", api_keys: Sequence[
         if state.draining:
             return JSONResponse({"status": "shutting down"}, status_code=503)
         if warming["done"] < warming["total"]:
-            return {"status": "warming", "warmup": f"{warming['done']}/{warming['total']} programs compiled"}
+            return {"status": "warming", "warmup": f"{warming['done']}/{warming['total']} steps compiled"}
         return {"status": "ready"}
 
     @app.get("/metrics")

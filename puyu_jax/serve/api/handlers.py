@@ -93,6 +93,12 @@ def engine_error(e: Exception) -> APIError:
     return APIError(500, f"{type(e).__name__}: {e}", type="internal_error")
 
 
+def check_not_cut(outs: list[RequestOutput]) -> None:
+    """A non-streamed answer that shutdown aborted is a 503, not a truncated 200."""
+    if any(c.finish_reason == "abort" for o in outs for c in o.outputs):
+        raise APIError(503, cut_error()["error"]["message"], type="service_unavailable", code="shutting_down")
+
+
 def cut_error() -> dict:
     """The event a stream gets when shutdown aborts it before it finished."""
     return error_body("the server is shutting down; this answer was cut before it finished", "service_unavailable",
@@ -385,6 +391,7 @@ class ChatHandler:
         return self._response(req, prompt, out, rid)
 
     def _response(self, req, prompt: ChatPrompt, out: RequestOutput, rid: str) -> dict:
+        check_not_cut([out])
         choices = []
         for c in out.outputs:
             st = _ChoiceState(self._parser(prompt))
@@ -526,6 +533,7 @@ class CompletionHandler:
         return (prompt_text if req.echo else "") + c.text
 
     def _response(self, req, prepared, outs: list[RequestOutput], rid: str) -> dict:
+        check_not_cut(outs)
         choices = []
         for i, out in enumerate(outs):
             for c in out.outputs:
