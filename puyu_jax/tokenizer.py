@@ -118,11 +118,13 @@ class _HFBackend:
         return self.tk.id_to_token(i)
 
     def encode(self, text: str, allow_special: bool) -> list[int]:
+        # encode_batch releases the GIL (encode does not): a long prompt tokenized in a server's worker
+        # thread must not stop its event loop
         if allow_special:
-            return self.tk.encode(text, add_special_tokens=False).ids
+            return self.tk.encode_batch([text], add_special_tokens=False)[0].ids
         self.tk.encode_special_tokens = True
         try:
-            return self.tk.encode(text, add_special_tokens=False).ids
+            return self.tk.encode_batch([text], add_special_tokens=False)[0].ids
         finally:
             self.tk.encode_special_tokens = False
 

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     url = f"http://127.0.0.1:{args.port}"
     cmd = [sys.executable, "-m", "puyu_jax.cli", "serve", args.model, "--port", str(args.port),
-           "--served-model-name", "demo", "log_level=warning"]
+           "--served-model-name", "demo", "log_level=warning", "warmup_background=false"]
     print("$", " ".join(cmd[2:]), flush=True)
     proc = subprocess.Popen(cmd)
     try:

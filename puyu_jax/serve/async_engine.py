@@ -4,6 +4,11 @@ The engine is single-threaded: one loop thread owns it. Requests and aborts reac
 thread through a command queue and are applied between steps, so an HTTP event loop
 never waits on a model step. Outputs go back to each request's asyncio queue with
 `call_soon_threadsafe`.
+
+Faults: a request whose step raised is ended alone (its stream raises `RequestFailedError`,
+the others go on); an exception escaping `LLMEngine.step` means shared state (the KV pool,
+the scheduler) is broken: the loop stops, every stream raises `EngineDeadError`, `dead` is
+true and the death listeners run (`puyu serve` then exits non-zero).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections.abc import AsyncIterator, Callable
 
 from puyu_jax.serve.config import GenerationConfig
 from puyu_jax.serve.engine import LLMEngine
-from puyu_jax.serve.errors import EngineDeadError
+from puyu_jax.serve.errors import EngineDeadError, RequestFailedError
 from puyu_jax.serve.outputs import EngineStats, RequestOutput
 
 log = logging.getLogger(__name__)
@@ -40,6 +45,8 @@ class AsyncEngine:
         self._stats = engine.stats()
         self._finish_listeners: list[Callable[[RequestOutput], None]] = []
         self._step_listeners: list[Callable[[EngineStats], None]] = []
+        self._death_listeners: list[Callable[[BaseException], None]] = []
+        self._shutdown_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -64,19 +71,35 @@ class AsyncEngine:
         """fn(stats) is called (in the loop thread) after every step."""
         self._step_listeners.append(fn)
 
+    def add_death_listener(self, fn: Callable[[BaseException], None]) -> None:
+        """fn(error) is called (in the loop thread) if the loop stops on a fault in shared state."""
+        self._death_listeners.append(fn)
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
     def shutdown(self, drain_timeout_s: float = 30.0) -> None:
         """Stops accepting requests, lets in-flight ones finish for up to drain_timeout_s,
-        aborts the rest and stops the loop thread."""
+        aborts the rest (their streams end with finish_reason "abort") and stops the loop
+        thread once they are reported. A second call waits for the first."""
         self._accepting = False
-        deadline = time.monotonic() + drain_timeout_s
-        while self.is_running and self._streams and time.monotonic() < deadline:
-            time.sleep(0.02)
-        for rid in list(self._streams):
-            self.abort(rid)
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        with self._shutdown_lock:
+            deadline = time.monotonic() + drain_timeout_s
+            while self.is_running and self._streams and time.monotonic() < deadline:
+                time.sleep(0.02)
+            for rid in list(self._streams):
+                self.abort(rid)
+            # let the loop report the aborts before it stops
+            deadline = time.monotonic() + 30
+            while self.is_running and self._streams and time.monotonic() < deadline:
+                time.sleep(0.02)
+            self._stop.set()
+            self._wake.set()
+            if self._thread is not None:
+                self._thread.join(timeout=10)
+            for rid in list(self._streams):  # not reported in time: end them anyway
+                self._deliver(EngineDeadError("the server shut down before this request finished"), rid)
 
     def stats(self) -> EngineStats:
         return self._stats
@@ -87,42 +110,60 @@ class AsyncEngine:
 
     # ------------------------------------------------------------------ requests
 
-    async def generate(self, prompt, gen: GenerationConfig = GenerationConfig(), request_id: str | None = None
-                       ) -> AsyncIterator[RequestOutput]:
-        """Submits a request and yields its outputs until it finishes.
+    async def submit(self, prompt, gen: GenerationConfig = GenerationConfig(), request_id: str | None = None
+                     ) -> "RequestStream":
+        """Queues a request and returns its output stream once the engine accepted it.
 
-        Raises QueueFullError, PromptTooLongError or ValueError (from the engine) and
-        EngineDeadError before the first output. Closing the iterator early (or
-        cancelling the task) aborts the request and frees its KV blocks.
+        Raises QueueFullError, PromptTooLongError or ValueError (from the engine's checks)
+        and EngineDeadError. Iterating the stream yields outputs until the request finishes
+        (or raises RequestFailedError / EngineDeadError); closing it early (`close`, `aclose`,
+        or a cancelled `__anext__`) aborts the request and frees its KV blocks.
         """
+        (stream,) = await self.submit_batch([(prompt, gen)], [request_id])
+        return stream
+
+    async def submit_batch(self, items: list[tuple[object, GenerationConfig]],
+                           request_ids: list[str | None] | None = None) -> list["RequestStream"]:
+        """`submit` for several (prompt, gen) at once: the engine takes them in the same step (one
+        batch). If one is refused, the others are aborted and its error is raised."""
         if self.error is not None:
             raise EngineDeadError(f"the engine stopped: {self.error!r}")
         if not self._accepting:
             raise EngineDeadError("the engine is shutting down")
         self.start()
-        rid = request_id or uuid.uuid4().hex
         loop = asyncio.get_running_loop()
-        stream: asyncio.Queue = asyncio.Queue()
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        self._streams[rid] = (loop, stream)
-        self._commands.put(("add", rid, prompt, gen, time.time(), future))
+        adds, streams, futures = [], [], []
+        for (prompt, gen), rid in zip(items, request_ids or [None] * len(items)):
+            rid = rid or uuid.uuid4().hex
+            outputs: asyncio.Queue = asyncio.Queue()
+            future: concurrent.futures.Future = concurrent.futures.Future()
+            self._streams[rid] = (loop, outputs)
+            adds.append(("add", rid, prompt, gen, time.time(), future))
+            streams.append(RequestStream(self, rid, outputs))
+            futures.append(future)
+        self._commands.put(("batch", adds))
         self._wake.set()
-        finished = False
         try:
-            await asyncio.wrap_future(future)
-            while True:
-                out = await stream.get()
-                if isinstance(out, BaseException):
-                    raise out
-                finished = out.finished
+            for future in futures:
+                await asyncio.wrap_future(future)
+        except BaseException:
+            for stream, future in zip(streams, futures):
+                if future.done() and future.exception() is not None:
+                    stream._end(abort=False)
+                else:  # accepted, or cancelled while pending (commands are FIFO: the abort lands after the add)
+                    stream.close()
+            raise
+        return streams
+
+    async def generate(self, prompt, gen: GenerationConfig = GenerationConfig(), request_id: str | None = None
+                       ) -> AsyncIterator[RequestOutput]:
+        """`submit` and iterate in one: yields the request's outputs until it finishes."""
+        stream = await self.submit(prompt, gen, request_id)
+        try:
+            async for out in stream:
                 yield out
-                if finished:
-                    return
         finally:
-            self._streams.pop(rid, None)
-            add_failed = future.done() and future.exception() is not None
-            if not finished and not add_failed:  # commands are FIFO: an abort after a pending add lands
-                self.abort(rid)
+            stream.close()
 
     def abort(self, request_id: str) -> None:
         self._commands.put(("abort", request_id))
@@ -136,16 +177,17 @@ class AsyncEngine:
                 cmd = self._commands.get_nowait()
             except queue.Empty:
                 return
-            if cmd[0] == "add":
-                _, rid, prompt, gen, arrival, future = cmd
-                try:
-                    self.engine.add_request(rid, prompt, gen, arrival_time=arrival)
-                except BaseException as e:  # handed to the caller
-                    future.set_exception(e)
+            for c in cmd[1] if cmd[0] == "batch" else [cmd]:
+                if c[0] == "add":
+                    _, rid, prompt, gen, arrival, future = c
+                    try:
+                        self.engine.add_request(rid, prompt, gen, arrival_time=arrival)
+                    except Exception as e:  # noqa: BLE001 - handed to the caller
+                        future.set_exception(e)
+                    else:
+                        future.set_result(rid)
                 else:
-                    future.set_result(rid)
-            else:
-                self.engine.abort_request(cmd[1])
+                    self.engine.abort_request(c[1])
 
     def _deliver(self, out: RequestOutput | BaseException, rid: str) -> None:
         target = self._streams.get(rid)
@@ -167,6 +209,8 @@ class AsyncEngine:
                     self._wake.clear()
                     continue
                 outputs = self.engine.step()
+                for rid, exc in self.engine.take_failures():
+                    self._deliver(RequestFailedError(rid, exc), rid)
                 self._stats = self.engine.stats()
                 for fn in self._step_listeners:
                     fn(self._stats)
@@ -181,3 +225,50 @@ class AsyncEngine:
             dead = EngineDeadError(f"the engine stopped: {e!r}")
             for rid in list(self._streams):
                 self._deliver(dead, rid)
+            for fn in self._death_listeners:
+                fn(e)
+
+
+class RequestStream:
+    """The outputs of one accepted request (an async iterator); `close` aborts it if unfinished."""
+
+    def __init__(self, engine: AsyncEngine, request_id: str, outputs: asyncio.Queue):
+        self.request_id = request_id
+        self._engine, self._outputs, self._open = engine, outputs, True
+
+    def __aiter__(self) -> "RequestStream":
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if not self._open:
+            raise StopAsyncIteration
+        try:
+            out = await self._outputs.get()
+        except BaseException:  # cancelled: the consumer went away
+            self.close()
+            raise
+        if isinstance(out, BaseException):
+            self._end(abort=False)
+            raise out
+        if out.finished:
+            self._end(abort=False)
+        return out
+
+    def _end(self, abort: bool) -> None:
+        if self._open:
+            self._open = False
+            self._engine._streams.pop(self.request_id, None)
+            if abort:  # commands are FIFO: the abort lands after the add
+                self._engine.abort(self.request_id)
+
+    def close(self) -> None:
+        self._end(abort=True)
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def __del__(self):  # a stream dropped unread must not keep its request running
+        try:
+            self._end(abort=True)
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass

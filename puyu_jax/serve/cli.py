@@ -3,14 +3,21 @@
     puyu serve MODEL [--host 127.0.0.1] [--port 23333] [--api-keys k1,k2] [--quant int4] [--kv int8]
                      [--tp N] [--max-num-seqs N] [--max-model-len N] [--config FILE] [key=value ...]
 
-SIGTERM (or Ctrl-C) stops accepting connections, lets in-flight requests finish for up to
-`drain_timeout_s`, aborts what is left and exits 0.
+Without --config the defaults are `configs/serve/default.yaml`. Before the port opens the steps
+for `warmup_batch_sizes` are compiled; the rest of the warm-up plan (every batch bucket x sampling
+feature set, `puyu_jax.serve.warmup`) compiles in the background while /health says "warming".
+
+SIGTERM (or Ctrl-C), in order: new requests get 503, in-flight ones may finish for up to
+`drain_timeout_s`, the rest are aborted (their streams end with an error event and [DONE]), then
+uvicorn stops and the process exits 0. If the engine stops on a fault in its shared state, /health
+says so and the process exits 1 (for a supervisor to restart it).
 """
 
 from __future__ import annotations
 
 import signal
 import sys
+import threading
 
 from puyu_jax.serve.api.config import ServeConfig
 
@@ -41,49 +48,76 @@ def _overrides(args) -> list:
     return out + overrides
 
 
-def build_server(cfg: ServeConfig):
-    """Loads the model, starts the engine loop and returns a ready `uvicorn.Server`."""
+def build_server(cfg: ServeConfig, engine=None):
+    """Loads the model (unless `engine`, an `LLMEngine`, is given), compiles the first steps, starts the
+    engine loop and returns a ready `uvicorn.Server` (its app drains on SIGTERM, stops on engine death)."""
     import uvicorn
 
     from puyu_jax.serve.api.app import create_app
     from puyu_jax.serve.async_engine import AsyncEngine
     from puyu_jax.serve.engine import LLMEngine
+    from puyu_jax.serve.warmup import warmup_plan
 
-    engine = LLMEngine.from_pretrained(cfg.model, cfg.engine)
+    if engine is None:
+        engine = LLMEngine.from_pretrained(cfg.model, cfg.engine)
     if cfg.warmup_batch_sizes:
         seconds = engine.warmup(cfg.warmup_batch_sizes)
         print(f"puyu serve: compiled the steps for batch sizes {list(cfg.warmup_batch_sizes)} in {seconds:.1f} s",
               flush=True)
+    plan = warmup_plan(engine.config, engine.max_model_len, done=tuple(cfg.warmup_batch_sizes)) \
+        if cfg.warmup_background else None
     async_engine = AsyncEngine(engine)
     async_engine.start()
     app = create_app(async_engine, served_model_name=cfg.model_name, api_keys=cfg.api_keys,
                      max_concurrency=cfg.max_concurrency, chat_template=cfg.chat_template,
-                     drain_timeout_s=cfg.drain_timeout_s)
+                     drain_timeout_s=cfg.drain_timeout_s, warmup=plan)
+    # streams may still write their last events after the engine's drain time
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, access_log=cfg.access_log,
-                            timeout_graceful_shutdown=max(1, int(cfg.drain_timeout_s)) if cfg.drain_timeout_s else None)
-    return uvicorn.Server(config)
+                            timeout_graceful_shutdown=int(cfg.drain_timeout_s) + 45)
+    class DrainingServer(uvicorn.Server):
+        """uvicorn, with the app's drain started as soon as SIGTERM / SIGINT arrives: new requests get 503
+        and in-flight ones finish or are cut (error event + [DONE]) before uvicorn stops."""
+
+        def handle_exit(self, sig, frame):
+            app.state.begin_drain()
+            super().handle_exit(sig, frame)
+
+    server = DrainingServer(config)
+    # a fault in the engine's shared state: in-flight streams got their error; /health says so for a moment,
+    # then the server stops and the process exits non-zero (a supervisor restarts it)
+    async_engine.add_death_listener(lambda e: threading.Timer(2.0, setattr, (server, "should_exit", True)).start())
+    return server
 
 
-def run_server(cfg: ServeConfig) -> int:
-    """Serves until SIGTERM / SIGINT, draining in-flight requests; returns the exit status."""
+def run_server(cfg: ServeConfig, engine=None) -> int:
+    """Serves until SIGTERM / SIGINT, draining in-flight requests; returns the exit status
+    (0 after a drain, 1 when the engine stopped on a fault)."""
     from sse_starlette.sse import AppStatus
 
     # event streams must run to their end on SIGTERM (the drain), not be cut when it arrives
     AppStatus.disable_automatic_graceful_drain()
-    server = build_server(cfg)
+    server = build_server(cfg, engine)
     # uvicorn handles SIGTERM (drain, then shut down) and afterwards re-raises it to the handler that was
     # installed before it: a no-op one makes a drained shutdown exit with status 0
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
     print(f"puyu serve: {cfg.model} as {cfg.model_name!r} on http://{cfg.host}:{cfg.port} "
           f"(chat page at /, API at /v1)", file=sys.stderr, flush=True)
     server.run()
+    async_engine = server.config.app.state.server.engine
+    if async_engine.dead:
+        print(f"puyu serve: the engine stopped: {async_engine.error!r}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
 def _cmd_serve(args) -> int:
-    from puyu_jax.config import load_config
+    from puyu_jax.config import configs_dir, load_config
 
-    cfg = load_config(ServeConfig, args.config, _overrides(args))
+    source = args.config
+    if source is None and (configs_dir() / "serve" / "default.yaml").is_file():
+        source = configs_dir() / "serve" / "default.yaml"
+    cfg = load_config(ServeConfig, source, _overrides(args))
     return run_server(cfg)
 
 

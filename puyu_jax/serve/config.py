@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MAX_TOP_LOGPROBS = 20
+INT32_MAX = 2**31 - 1  # token ids, lengths and top-k travel in int32 arrays
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,12 @@ class GenerationConfig:
 
     def __post_init__(self):
         checks = [
-            ("max_new_tokens", self.max_new_tokens >= (0 if self.prompt_logprobs is not None else 1),
-             "must be >= 1 (0 only when scoring the prompt with prompt_logprobs)"),
+            ("max_new_tokens", (0 if self.prompt_logprobs is not None else 1) <= self.max_new_tokens <= INT32_MAX,
+             "must be in [1, 2**31) (0 only when scoring the prompt with prompt_logprobs)"),
             ("prompt_logprobs", self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= MAX_TOP_LOGPROBS,
              f"must be None or in [0, {MAX_TOP_LOGPROBS}]"),
             ("temperature", 0.0 <= self.temperature <= 100.0, "must be in [0, 100]"),
-            ("top_k", self.top_k >= 0, "must be >= 0"),
+            ("top_k", 0 <= self.top_k <= INT32_MAX, "must be in [0, 2**31)"),
             ("top_p", 0.0 < self.top_p <= 1.0, "must be in (0, 1]"),
             ("min_p", 0.0 <= self.min_p <= 1.0, "must be in [0, 1]"),
             ("repetition_penalty", 0.0 < self.repetition_penalty <= 10.0, "must be in (0, 10]"),
@@ -55,6 +56,7 @@ class GenerationConfig:
             ("top_logprobs", 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS, f"must be in [0, {MAX_TOP_LOGPROBS}]"),
             ("n", 1 <= self.n <= 16, "must be in [1, 16]"),
             ("stop", all(isinstance(s, str) and s for s in self.stop), "must be non-empty strings"),
+            ("stop_token_ids", all(0 <= t <= INT32_MAX for t in self.stop_token_ids), "must be in [0, 2**31)"),
         ]
         for name, ok, why in checks:
             if not ok:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sys
 import time
 import uuid
 from collections.abc import Sequence as Seq
@@ -24,7 +25,7 @@ from puyu_jax.models.config import ModelConfig
 from puyu_jax.serve.block_manager import BlockManager, block_hashes
 from puyu_jax.serve.config import MAX_TOP_LOGPROBS, EngineConfig, GenerationConfig
 from puyu_jax.serve.detokenize import update_text
-from puyu_jax.serve.errors import PromptTooLongError, QueueFullError
+from puyu_jax.serve.errors import PromptTooLongError, QueueFullError, RequestFailedError
 from puyu_jax.serve.kv_cache import kv_bytes_per_block
 from puyu_jax.serve.outputs import CompletionOutput, EngineStats, RequestMetrics, RequestOutput, TokenLogprob
 from puyu_jax.serve.runner import ModelRunner, Row
@@ -59,6 +60,7 @@ class LLMEngine:
         self.groups: dict[str, SequenceGroup] = {}
         self._seq_ids = itertools.count()
         self._finished_out: list[RequestOutput] = []  # aborted requests reported at the next step
+        self._failures: list[tuple[str, BaseException]] = []  # requests whose step raised (see _fail_group)
         self._rng = np.random.default_rng()
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
@@ -240,10 +242,11 @@ class LLMEngine:
                 seq.group.metrics.first_scheduled_time = now
         if prefill:
             self._run([(s, n) for s, n in prefill], progressed)
-        if batch.decode and steps > 1 and not any(s.score_only or s.scoring for s in batch.decode):
-            self._decode_chunk(batch.decode, steps, progressed)
-        elif batch.decode:
-            self._run([(s, 1) for s in batch.decode], progressed)
+        decode = [s for s in batch.decode if not s.finished]  # a request may have failed in the prefill
+        if decode and steps > 1 and not any(s.score_only or s.scoring for s in decode):
+            self._decode_chunk(decode, steps, progressed)
+        elif decode:
+            self._run([(s, 1) for s in decode], progressed)
         for seq, n in batch.prefill:
             if n == 0:
                 self._maybe_fork(seq)
@@ -251,46 +254,113 @@ class LLMEngine:
                     self._finish_scoring(seq)
                     progressed[seq.group.request_id] = seq.group
         for group in progressed.values():
+            if group.aborted:  # failed in this step: reported through take_failures
+                continue
             outputs.append(self._output(group, final=group.finished))
             if group.finished:
                 self.groups.pop(group.request_id, None)
         return outputs
 
     def _run(self, work: list[tuple[Sequence, int]], progressed: dict) -> None:
-        rows = []
+        rows, kept = [], []
         for seq, n in work:
-            start = seq.num_computed
-            score_index = score_targets = None
-            if seq.scoring:
-                first = max(start, seq.score_next)
-                last = min(start + n, seq.num_prompt - 1)  # positions [first, last) predict prompt tokens
-                if last > first:
-                    score_index = list(range(first - start, last - start))
-                    score_targets = seq.token_ids[first + 1:last + 1]
-            rows.append(self._row(seq, n, score_index=score_index, score_targets=score_targets))
-        flags = flags_for([s.group.gen for s, _ in work])
-        score_top = MAX_TOP_LOGPROBS if any(r.score_index and s.group.prompt_top is not None
-                                            for r, (s, _) in zip(rows, work)) else 0
-        result = self.runner.step(rows, flags, score_top=score_top)
-        now = time.time()
-        for i, (seq, n) in enumerate(work):
-            seq.num_computed += n
-            self.prompt_tokens_total += max(0, min(seq.num_computed, seq.num_prompt) - (seq.num_computed - n))
-            self._register_blocks(seq)
-            if rows[i].score_index:
-                self._collect_scores(seq, rows[i], result, i)
-            if seq.score_only:
-                if seq.remaining == 0:
-                    self._finish_scoring(seq)
-                    progressed[seq.group.request_id] = seq.group
+            if seq.finished:  # its request failed earlier in this step
                 continue
-            if seq.num_computed < len(seq.token_ids):
-                if seq.fork_pending and seq.remaining == 0:
-                    self._maybe_fork(seq)
-                continue  # a prompt chunk: nothing sampled yet
-            token = int(result["tokens"][i])
-            self._append(seq, token, result, i, now)
-            progressed[seq.group.request_id] = seq.group
+            try:
+                rows.append(self._work_row(seq, n))
+                kept.append((seq, n))
+            except Exception as e:  # noqa: BLE001 - one request's fault fails that request only
+                self._fail_group(seq.group, e)
+        if not rows:
+            return
+        score_top = MAX_TOP_LOGPROBS if any(r.score_index and s.group.prompt_top is not None
+                                            for r, (s, _) in zip(rows, kept)) else 0
+        results = self._run_rows(rows, [s.group.gen for s, _ in kept], [s.group for s, _ in kept], score_top)
+        now = time.time()
+        for (seq, n), row, res in zip(kept, rows, results):
+            if res is None or seq.finished:
+                continue
+            try:
+                self._advance(seq, n, row, res[0], res[1], now, progressed)
+            except Exception as e:  # noqa: BLE001
+                self._fail_group(seq.group, e)
+
+    def _work_row(self, seq: Sequence, n: int) -> Row:
+        """The step's row for `n` tokens of `seq`, with the prompt positions to score if it asks."""
+        start = seq.num_computed
+        score_index = score_targets = None
+        if seq.scoring:
+            first = max(start, seq.score_next)
+            last = min(start + n, seq.num_prompt - 1)  # positions [first, last) predict prompt tokens
+            if last > first:
+                score_index = list(range(first - start, last - start))
+                score_targets = seq.token_ids[first + 1:last + 1]
+        return self._row(seq, n, score_index=score_index, score_targets=score_targets)
+
+    def _run_rows(self, rows: list[Row], gens: list[GenerationConfig], groups: list[SequenceGroup],
+                  score_top: int = 0) -> list:
+        """(result, row index) per row, or None for a row whose request failed. A failed batch is retried
+        row by row to find the request at fault, unless it consumed the KV pool (then the engine cannot go on)."""
+        try:
+            result = self.runner.step(rows, flags_for(gens), score_top=score_top)
+            return [(result, i) for i in range(len(rows))]
+        except Exception:
+            if not self.runner.pool_intact():
+                raise
+            if len(rows) == 1:
+                self._fail_group(groups[0], sys.exc_info()[1])
+                return [None]
+        out = []
+        for row, gen, group in zip(rows, gens, groups):
+            if group.aborted:
+                out.append(None)
+                continue
+            try:
+                out.append((self.runner.step([row], flags_for([gen]), score_top=score_top), 0))
+            except Exception as e:  # noqa: BLE001
+                if not self.runner.pool_intact():
+                    raise
+                self._fail_group(group, e)
+                out.append(None)
+        return out
+
+    def _advance(self, seq: Sequence, n: int, row: Row, result: dict, i: int, now: float, progressed: dict) -> None:
+        seq.num_computed += n
+        self.prompt_tokens_total += max(0, min(seq.num_computed, seq.num_prompt) - (seq.num_computed - n))
+        self._register_blocks(seq)
+        if row.score_index:
+            self._collect_scores(seq, row, result, i)
+        if seq.score_only:
+            if seq.remaining == 0:
+                self._finish_scoring(seq)
+                progressed[seq.group.request_id] = seq.group
+            return
+        if seq.num_computed < len(seq.token_ids):
+            if seq.fork_pending and seq.remaining == 0:
+                self._maybe_fork(seq)
+            return  # a prompt chunk: nothing sampled yet
+        token = int(result["tokens"][i])
+        self._append(seq, token, result, i, now)
+        progressed[seq.group.request_id] = seq.group
+
+    def _fail_group(self, group: SequenceGroup, exc: BaseException) -> None:
+        """Ends one request whose step raised: frees its blocks and hands `exc` to `take_failures`;
+        the other requests go on."""
+        log.error("request %s failed and was ended: %r", group.request_id, exc, exc_info=exc)
+        group.aborted = True
+        for seq in group.seqs:
+            seq.fork_pending = False
+            if not seq.finished:
+                self.scheduler.remove(seq)
+                seq.status, seq.finish_reason = Status.FINISHED, "error"
+        group.metrics.finished_time = time.time()
+        self.groups.pop(group.request_id, None)
+        self._failures.append((group.request_id, exc))
+
+    def take_failures(self) -> list[tuple[str, BaseException]]:
+        """(request id, exception) of the requests that failed since the last call; they get no further output."""
+        failed, self._failures = self._failures, []
+        return failed
 
     def _row(self, seq: Sequence, n: int, **score) -> Row:
         g = seq.group.gen
@@ -307,15 +377,22 @@ class LLMEngine:
         """Up to `steps` tokens for each decoding sequence in one dispatch; stop token ids and
         length limits end a row on the device, stop strings here (later tokens are dropped)."""
         bs = self.blocks.block_size
-        rows = [self._row(seq, 1) for seq in seqs]
-        limits, stops = [], []
-        for seq in seqs:
-            g = seq.group.gen
-            room = len(seq.block_table) * bs - seq.num_computed
-            limits.append(max(1, min(steps, room, seq.max_ahead, self.max_model_len - len(seq.token_ids))))
-            stops.append(sorted(set(g.stop_token_ids) | (set() if g.ignore_eos else set(self.eos_ids))))
-        flags = flags_for([s.group.gen for s in seqs])
-        result = self.runner.decode(rows, flags, limits, stops, steps)
+        try:
+            rows = [self._row(seq, 1) for seq in seqs]
+            limits, stops = [], []
+            for seq in seqs:
+                g = seq.group.gen
+                room = len(seq.block_table) * bs - seq.num_computed
+                limits.append(max(1, min(steps, room, seq.max_ahead, self.max_model_len - len(seq.token_ids))))
+                stops.append(sorted(set(g.stop_token_ids) | (set() if g.ignore_eos else set(self.eos_ids))))
+            flags = flags_for([s.group.gen for s in seqs])
+            result = self.runner.decode(rows, flags, limits, stops, steps)
+        except Exception:  # noqa: BLE001 - find the request at fault one step at a time
+            if not self.runner.pool_intact():
+                raise
+            log.warning("multi-step decode failed; retrying this round one step per row", exc_info=True)
+            self._run([(s, 1) for s in seqs], progressed)
+            return
         now = time.time()
         for i, seq in enumerate(seqs):
             for j in range(result["tokens"].shape[0]):
@@ -464,7 +541,13 @@ class LLMEngine:
                 k = len(ids)
                 ids.append(self.add_request(None, prompts[k], gens[k], score_from=froms[k]))
                 mine.add(ids[-1])
-            for out in self.step():
+            outputs = self.step()
+            for rid, exc in self.take_failures():
+                if rid in mine:
+                    for other in ids:
+                        self.abort_request(other)
+                    raise RequestFailedError(rid, exc) from exc
+            for out in outputs:
                 if out.request_id not in mine or out.request_id in final:
                     continue
                 if out.finished:

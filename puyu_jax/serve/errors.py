@@ -25,3 +25,11 @@ class PromptTooLongError(ValueError):
 
 class EngineDeadError(EngineError):
     """The engine loop stopped (crashed or shut down); no new requests are accepted."""
+
+
+class RequestFailedError(EngineError):
+    """One request's step raised; that request was ended, the engine serves the others (HTTP 500)."""
+
+    def __init__(self, request_id: str, cause: BaseException):
+        super().__init__(f"request {request_id} failed: {type(cause).__name__}: {cause}")
+        self.request_id, self.cause = request_id, cause

@@ -357,6 +357,10 @@ class ModelRunner:
         src[: len(pairs)], dst[: len(pairs)] = zip(*pairs)
         self.kv = _copy_blocks(self.kv, self._put(src), self._put(dst))
 
+    def pool_intact(self) -> bool:
+        """False once a failed step consumed (donated) the KV pool: the engine cannot go on."""
+        return not any(x.is_deleted() for x in jax.tree.leaves(self.kv))
+
     @staticmethod
     def compiled_programs() -> int:
         """Programs compiled so far by the step functions (for no-recompile checks)."""

@@ -35,7 +35,9 @@ def test_serve_models_and_health(url):
     assert models["data"][0]["max_model_len"] == 512
     assert httpx.get(url + f"/v1/models/{MODEL}").json()["id"] == MODEL
     assert httpx.get(url + "/v1/models/other").status_code == 404
-    assert httpx.get(url + "/health").json() == {"status": "ok"}
+    assert httpx.get(url + "/health").json() == {"status": "ready"}
+    icon = httpx.get(url + "/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon" and icon.content[:4] == b"\0\0\1\0"
 
 
 def test_serve_chat_completion_shape_and_limits(url):

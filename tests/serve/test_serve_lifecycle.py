@@ -70,7 +70,8 @@ def test_serve_sigterm_drains_in_flight_requests(tmp_path):
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "puyu_jax.cli", "serve", str(ckpt), "--port", str(port), "--served-model-name", "tiny",
-         "engine.num_blocks=64", "engine.max_num_seqs=4", "drain_timeout_s=60", "log_level=warning"],
+         "engine.num_blocks=64", "engine.max_num_seqs=4", "drain_timeout_s=60", "log_level=warning",
+         "warmup_background=false"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ})
     url = f"http://127.0.0.1:{port}"
     try:

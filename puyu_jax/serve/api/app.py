@@ -1,7 +1,9 @@
 """The OpenAI-compatible HTTP server over an `AsyncEngine` (FastAPI + SSE).
 
-    GET  /                      the web chat page
-    GET  /health                200 {"status": "ok"} while serving, 503 while shutting down
+    GET  /                      the web chat page (and /favicon.ico)
+    GET  /health                200 {"status": "ready"}, or {"status": "warming", "warmup": "12/40 ..."} while
+                                programs still compile in the background; 503 while shutting down or when the
+                                engine stopped
     GET  /metrics               Prometheus metrics (see `metrics.py`)
     GET  /v1/models             the served model
     POST /v1/completions        text completions (stream or not)
@@ -10,11 +12,22 @@
 With API keys every /v1 route needs `Authorization: Bearer KEY`. Errors use the OpenAI shape;
 `errors.py` lists the status of each failure.
 
+Under pressure: bodies are parsed, templates rendered and prompts tokenized in a worker pool
+(text longer than the context could ever hold is refused with 413 before tokenizing), so the
+event loop keeps answering /health and other streams. A streamed answer sends its headers as
+soon as the engine accepted the request and `: ping` comments every `sse_ping_s` seconds while
+it waits in the queue; the first data event carries the first token. `begin_drain()` (on
+SIGTERM) refuses new requests with 503 and lets the engine finish or abort the in-flight ones
+within the drain time: a cut stream gets an error event and `[DONE]`.
+
 (No `from __future__ import annotations` here: FastAPI reads the route annotations at run time.)
 """
 
 import asyncio
+import concurrent.futures
 import hmac
+import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,13 +41,16 @@ from puyu_jax.serve.api.protocol import ChatCompletionRequest, CompletionRequest
 
 __all__ = ["create_app"]
 
+log = logging.getLogger(__name__)
+
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_BODY_BYTES = 16 << 20
 _ENDPOINTS = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/"}
 
 
 def create_app(async_engine, *, served_model_name: str = "", api_keys: Sequence[str] = (), max_concurrency: int = 0,
-               chat_template: str = "", drain_timeout_s: float = 30.0, sse_ping_s: float = 15.0):
+               chat_template: str = "", drain_timeout_s: float = 30.0, sse_ping_s: float = 5.0, warmup=None,
+               prep_workers: int = 4):
     """A FastAPI app serving `async_engine` with the OpenAI API.
 
     Args:
@@ -44,15 +60,20 @@ def create_app(async_engine, *, served_model_name: str = "", api_keys: Sequence[
       max_concurrency: generation requests in flight at once (0: no limit besides the engine's queue);
         one more is answered 429 with Retry-After.
       chat_template: a template name or jinja source instead of the model's own.
-      drain_timeout_s: on shutdown (lifespan), how long in-flight requests may finish before they are aborted.
-      sse_ping_s: keep-alive comment interval of event streams.
+      drain_timeout_s: on shutdown, how long in-flight requests may finish before they are aborted.
+      sse_ping_s: keep-alive comment interval of event streams (also while the request is queued).
+      warmup: steps (`puyu_jax.serve.warmup.warmup_plan`) compiled in the background once the app starts
+        (lifespan); /health says "warming" until they are done.
+      prep_workers: threads that parse bodies, render templates and tokenize prompts.
     """
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
     from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
-    from sse_starlette import EventSourceResponse
+    from sse_starlette import EventSourceResponse, ServerSentEvent
+
+    from puyu_jax.serve.warmup import run_warmup
 
     engine = async_engine.engine
     tokenizer = engine.tokenizer
@@ -67,20 +88,58 @@ def create_app(async_engine, *, served_model_name: str = "", api_keys: Sequence[
         prompter=ChatPrompter(tokenizer, template),
         metrics=ServerMetrics(async_engine.stats),
         max_concurrency=max_concurrency,
+        max_prompt_chars=engine.max_model_len * _longest_token_chars(tokenizer),
+        prep=concurrent.futures.ThreadPoolExecutor(max(1, prep_workers), thread_name_prefix="puyu-prep"),
     )
+    warming = {"done": 0, "total": len(warmup or ()), "label": ""}
     # counted in the engine thread for every finished request, aborted ones included
     async_engine.add_finish_listener(state.metrics.observe_finished)
     keys = [k for k in api_keys if k]
     chat, completions = ChatHandler(state), CompletionHandler(state)
 
+    drain_lock = threading.Lock()
+
+    def begin_drain() -> threading.Thread:
+        """Refuses new requests from now on and drains the engine in a thread (idempotent)."""
+        with drain_lock:
+            state.draining = True
+            warm_task, loop = app.state.warm_task
+            if warm_task is not None:  # its throwaway requests must not hold the drain
+                loop.call_soon_threadsafe(warm_task.cancel)
+            if app.state.drain_thread is None:
+                app.state.drain_thread = threading.Thread(target=async_engine.shutdown, args=(drain_timeout_s,),
+                                                          name="puyu-drain", daemon=True)
+                app.state.drain_thread.start()
+            return app.state.drain_thread
+
+    def progress(done: int, total: int, label: str) -> None:
+        warming.update(done=done, label=label)
+        if done == total or done % 8 == 0:
+            print(f"puyu serve: warm-up {done}/{total} ({label})", flush=True)
+
+    async def warm():
+        try:
+            await run_warmup(async_engine, list(warmup), progress)
+        except asyncio.CancelledError:
+            warming["total"] = warming["done"]
+            raise
+        except Exception as e:  # noqa: BLE001 - the server serves without it; first use compiles instead
+            log.warning("warm-up stopped: %r", e)
+            warming["total"] = warming["done"]
+
     @asynccontextmanager
     async def lifespan(app):
+        if warmup:
+            app.state.warm_task = (asyncio.ensure_future(warm()), asyncio.get_running_loop())
         yield
-        state.draining = True
-        await asyncio.to_thread(async_engine.shutdown, drain_timeout_s)
+        await asyncio.to_thread(begin_drain().join)
+        state.prep.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="puyu OpenAI-compatible server", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = state
+    app.state.drain_thread = None
+    app.state.warm_task = (None, None)
+    app.state.begin_drain = begin_drain
     install_handlers(app)
     app.add_middleware(_CountRequests, metrics=state.metrics)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -102,7 +161,7 @@ def create_app(async_engine, *, served_model_name: str = "", api_keys: Sequence[
         if len(body) > MAX_BODY_BYTES:
             raise APIError(413, f"the request body is larger than {MAX_BODY_BYTES >> 20} MiB", code="body_too_large")
         try:
-            req = model.model_validate_json(body or b"")
+            req = await state.off_loop(model.model_validate_json, body or b"")
         except ValidationError as e:
             raise from_validation_error(e) from None
         req.check()
@@ -116,13 +175,19 @@ def create_app(async_engine, *, served_model_name: str = "", api_keys: Sequence[
     async def index():
         return FileResponse(STATIC / "index.html")
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon():
+        return FileResponse(STATIC / "favicon.ico", media_type="image/x-icon")
+
     @app.get("/health")
     async def health():
-        if state.draining:
-            return JSONResponse({"status": "shutting down"}, status_code=503)
         if async_engine.dead:
             return JSONResponse({"status": f"engine stopped: {async_engine.error!r}"}, status_code=503)
-        return {"status": "ok"}
+        if state.draining:
+            return JSONResponse({"status": "shutting down"}, status_code=503)
+        if warming["done"] < warming["total"]:
+            return {"status": "warming", "warmup": f"{warming['done']}/{warming['total']} steps compiled"}
+        return {"status": "ready"}
 
     @app.get("/metrics")
     async def metrics():
@@ -154,6 +219,7 @@ def create_app(async_engine, *, served_model_name: str = "", api_keys: Sequence[
                 return JSONResponse(result)
             released = True
             return EventSourceResponse(_released(result, state), ping=sse_ping_s,
+                                       ping_message_factory=lambda: ServerSentEvent(comment="ping"),
                                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         finally:
             if not released:
@@ -168,6 +234,17 @@ def create_app(async_engine, *, served_model_name: str = "", api_keys: Sequence[
         return await generate(request, completions, CompletionRequest)
 
     return app
+
+
+def _longest_token_chars(tokenizer) -> int:
+    """Characters of the longest vocabulary entry: no text of more than context x this many characters fits."""
+    longest = 1
+    for i in range(tokenizer.vocab_size):
+        try:
+            longest = max(longest, len(tokenizer.id_to_token(i)))
+        except IndexError:  # holes in a vocabulary
+            continue
+    return longest
 
 
 async def _released(stream, state: ServerState):

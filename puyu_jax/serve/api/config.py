@@ -17,8 +17,9 @@ class ServeConfig:
     max_concurrency: generation requests in flight (0: bounded only by engine.max_waiting).
     chat_template: a template name (internlm2, chatml, llama-3, ...) or jinja source instead of the model's own.
     drain_timeout_s: on SIGTERM, how long in-flight requests may run before they are aborted.
-    warmup_batch_sizes: decode batch sizes compiled before the server reports healthy (empty: none;
-      the first request of each new shape then pays its compilation).
+    warmup_batch_sizes: batch sizes compiled (greedy) before the port opens (empty: none).
+    warmup_background: then compile every other batch bucket x sampling feature set in the background,
+      while /health says "warming" (off: the first request of each new shape pays its compilation).
     """
 
     model: str = "smollm2"
@@ -31,6 +32,7 @@ class ServeConfig:
     drain_timeout_s: float = 30.0
     log_level: str = "info"
     warmup_batch_sizes: tuple[int, ...] = (1,)
+    warmup_background: bool = True
     access_log: bool = False
     engine: EngineConfig = field(default_factory=EngineConfig)
 

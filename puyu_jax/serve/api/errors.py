@@ -4,15 +4,15 @@ Status mapping (what each failure answers):
 
 | status | type | when |
 |---|---|---|
-| 400 | invalid_request_error | malformed JSON (`code` invalid_json), a body that is not an object, wrong types, unknown or unsupported fields (the field is `param`), out-of-range values, `n` too large, bad `stop`, empty `messages`, `max_tokens` past the context (`code` context_length_exceeded) |
+| 400 | invalid_request_error | malformed JSON (`code` invalid_json; also NaN / Infinity, lone surrogates, nesting past 200 levels), a body that is not an object, wrong types, unknown or unsupported fields (the field is `param`), out-of-range values (integers past int32 or the engine's limits, non-finite floats, too many or too long stop strings, tools, prompts or names), a tool whose parameters are not an object schema, empty `messages`, `max_tokens` past the context (`code` context_length_exceeded) |
 | 401 | authentication_error | missing or wrong `Authorization: Bearer KEY` (`code` invalid_api_key) |
 | 404 | not_found_error | unknown model (`code` model_not_found) or route |
 | 405 | invalid_request_error | wrong HTTP method |
-| 413 | invalid_request_error | the prompt alone does not fit the context or the KV cache (`code` context_length_exceeded); a body over 16 MiB (`code` body_too_large) |
+| 413 | invalid_request_error | the prompt alone does not fit the context or the KV cache, or has more characters than the context could hold whatever they tokenize to (checked before tokenizing) (`code` context_length_exceeded); a body over 16 MiB (`code` body_too_large) |
 | 422 | invalid_request_error | a well-formed conversation the server cannot use: bad role order, a role the chat template rejects, `tool_choice` naming an unknown tool; a `json_object` reply that does not parse (`code` invalid_json_output) |
 | 429 | rate_limit_error | the engine queue or the server's concurrency limit is full; `Retry-After` says when to retry |
-| 503 | service_unavailable | the server is shutting down or its engine stopped |
-| 500 | internal_error | anything else (the engine keeps serving) |
+| 503 | service_unavailable | the server is shutting down, or shutdown cut the request (`code` shutting_down; a stream gets this as an error event before `[DONE]`), or its engine stopped (`code` engine_dead) |
+| 500 | internal_error | the engine's step failed for this request alone (`code` request_failed), or anything else; the engine keeps serving the others |
 """
 
 from __future__ import annotations

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
+import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from puyu_jax.serve.api.chat import ChatPrompt, ChatPrompter
@@ -16,8 +17,10 @@ from puyu_jax.serve.api.metrics import ServerMetrics
 from puyu_jax.serve.api.protocol import ChatCompletionRequest, CompletionRequest
 from puyu_jax.serve.api.tool_parsers import ToolCallParser
 from puyu_jax.serve.config import GenerationConfig
-from puyu_jax.serve.errors import EngineDeadError, PromptTooLongError, QueueFullError
+from puyu_jax.serve.errors import EngineDeadError, PromptTooLongError, QueueFullError, RequestFailedError
 from puyu_jax.serve.outputs import CompletionOutput, RequestOutput, TokenLogprob
+
+log = logging.getLogger(__name__)
 
 DONE = "[DONE]"
 
@@ -33,9 +36,22 @@ class ServerState:
     prompter: ChatPrompter
     metrics: ServerMetrics
     max_concurrency: int = 0
+    max_prompt_chars: int = 0  # longer text cannot fit the context whatever it tokenizes to (0: no check)
+    prep: concurrent.futures.Executor | None = None  # where templates are rendered and prompts tokenized
     inflight: int = 0
     draining: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
+
+    async def off_loop(self, fn, *args):
+        """fn(*args) in the preparation pool, so the event loop keeps serving meanwhile."""
+        return await asyncio.get_running_loop().run_in_executor(self.prep, fn, *args)
+
+    def check_chars(self, n_chars: int, param: str) -> None:
+        """The cheap check before tokenizing: text longer than the context times the longest token is refused."""
+        if self.max_prompt_chars and n_chars > self.max_prompt_chars:
+            raise APIError(413, f"the prompt has {n_chars} characters; no tokenization of that fits this model's "
+                                f"context of {self.max_model_len} tokens (at most {self.max_prompt_chars} characters)",
+                           param=param, code="context_length_exceeded")
 
     def acquire(self) -> None:
         if self.draining:
@@ -67,9 +83,26 @@ def engine_error(e: Exception) -> APIError:
         return APIError(413, str(e), param=e.param, code="context_length_exceeded")
     if isinstance(e, EngineDeadError):
         return APIError(503, f"the engine is not running: {e}", type="service_unavailable", code="engine_dead")
+    if isinstance(e, RequestFailedError):
+        return APIError(500, f"the engine failed on this request: {type(e.cause).__name__}: {e.cause}",
+                        type="internal_error", code="request_failed")
+    if isinstance(e, APIError):
+        return e
     if isinstance(e, ValueError):
         return APIError(400, str(e), param=_param_of(str(e)))
     return APIError(500, f"{type(e).__name__}: {e}", type="internal_error")
+
+
+def check_not_cut(outs: list[RequestOutput]) -> None:
+    """A non-streamed answer that shutdown aborted is a 503, not a truncated 200."""
+    if any(c.finish_reason == "abort" for o in outs for c in o.outputs):
+        raise APIError(503, cut_error()["error"]["message"], type="service_unavailable", code="shutting_down")
+
+
+def cut_error() -> dict:
+    """The event a stream gets when shutdown aborts it before it finished."""
+    return error_body("the server is shutting down; this answer was cut before it finished", "service_unavailable",
+                      None, "shutting_down")
 
 
 def _param_of(message: str) -> str | None:
@@ -124,31 +157,35 @@ def generation_config(req, *, max_new: int, stop: list[str], logprobs: bool, top
 
 
 async def start(state: ServerState, prompt, gen: GenerationConfig, request_id: str):
-    """Submits one prompt; returns (stream, first output). Engine refusals become APIErrors here."""
-    stream = state.engine.generate(prompt, gen, request_id=request_id)
+    """Submits one prompt and returns its stream once the engine accepted it (before any token, so
+    streamed answers can send their headers at once). Engine refusals become APIErrors here."""
     try:
-        first = await stream.__anext__()
-    except StopAsyncIteration:
-        raise APIError(500, "the engine ended the request without output", type="internal_error") from None
+        return await state.engine.submit(prompt, gen, request_id=request_id)
     except (QueueFullError, PromptTooLongError, EngineDeadError, ValueError) as e:
         raise engine_error(e) from e
-    return stream, first
 
 
-async def merged(streams: list[tuple[AsyncIterator[RequestOutput], RequestOutput]]):
-    """Outputs of several requests as (prompt index, output), as they come."""
-    if len(streams) == 1:
-        stream, first = streams[0]
-        yield 0, first
-        async for out in stream:
-            yield 0, out
-        return
+async def merged(streams: list):
+    """Outputs of several requests as (prompt index, output), as they come. Every stream is closed at
+    the end (which aborts those that did not finish)."""
+    try:
+        if len(streams) == 1:
+            async for out in streams[0]:
+                yield 0, out
+            return
+        async for item in _interleaved(streams):
+            yield item
+    finally:
+        for stream in streams:
+            stream.close()
+
+
+async def _interleaved(streams: list):
     queue: asyncio.Queue = asyncio.Queue()
     end = object()
 
-    async def pump(i, stream, first):
+    async def pump(i, stream):
         try:
-            await queue.put((i, first))
             async for out in stream:
                 await queue.put((i, out))
         except asyncio.CancelledError:
@@ -158,7 +195,7 @@ async def merged(streams: list[tuple[AsyncIterator[RequestOutput], RequestOutput
         finally:
             queue.put_nowait((i, end))
 
-    tasks = [asyncio.ensure_future(pump(i, s, f)) for i, (s, f) in enumerate(streams)]
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
     try:
         left = len(tasks)
         while left:
@@ -195,7 +232,7 @@ async def collect(request, streams) -> list[RequestOutput]:
         raise ClientGone()
     try:
         return task.result()
-    except (QueueFullError, PromptTooLongError, EngineDeadError) as e:
+    except Exception as e:  # noqa: BLE001 - every engine failure is answered in the OpenAI shape
         raise engine_error(e) from e
 
 
@@ -306,6 +343,7 @@ class ChatHandler:
     def prepare(self, req: ChatCompletionRequest) -> tuple[ChatPrompt, GenerationConfig]:
         s = self.state
         check_model(s, req.model)
+        s.check_chars(sum(len(m.text()) for m in req.messages), "messages")
         prompt = s.prompter.build(req)
         limit, param = req.token_limit()
         max_new = token_budget(s, len(prompt.ids), limit, param, "messages")
@@ -341,18 +379,19 @@ class ChatHandler:
         return content, deltas
 
     async def respond(self, request, req: ChatCompletionRequest):
-        prompt, gen = self.prepare(req)
+        prompt, gen = await self.state.off_loop(self.prepare, req)
         rid = _rid("chatcmpl")
-        stream, first = await start(self.state, prompt.ids, gen, rid)
+        stream = await start(self.state, prompt.ids, gen, rid)
         if req.stream:
-            return self._stream(req, prompt, [(stream, first)], rid)
+            return self._stream(req, prompt, [stream], rid)
         try:
-            (out,) = await collect(request, [(stream, first)])
+            (out,) = await collect(request, [stream])
         except ClientGone:
             return None
         return self._response(req, prompt, out, rid)
 
     def _response(self, req, prompt: ChatPrompt, out: RequestOutput, rid: str) -> dict:
+        check_not_cut([out])
         choices = []
         for c in out.outputs:
             st = _ChoiceState(self._parser(prompt))
@@ -404,6 +443,9 @@ class ChatHandler:
                     if st.done:
                         continue
                     st.done = c.finished
+                    if c.finish_reason == "abort":  # cut by shutdown
+                        yield _sse(cut_error())
+                        continue
                     content, deltas = self._apply(st, req, c.delta_text, final=c.finished)
                     logprobs = _chat_logprobs(c.delta_logprobs, req.top_logprobs or 0) if req.logprobs else None
                     delta: dict = {}
@@ -423,7 +465,8 @@ class ChatHandler:
                                                          "finish_reason": _finish_reason(c, st.calls)}], **usage_field})
             if include_usage and last is not None:
                 yield _sse({**base, "choices": [], "usage": _usage([last])})
-        except (QueueFullError, PromptTooLongError, EngineDeadError) as e:
+        except Exception as e:  # noqa: BLE001 - the stream ends with an error event and [DONE]
+            log.error("stream %s ended by an error: %r", rid, e)
             yield _sse(engine_error(e).body())
         yield DONE
 
@@ -445,6 +488,7 @@ class CompletionHandler:
             raise APIError(400, "prompt must not be empty", param="prompt")
         vocab = s.tokenizer.vocab_size
         out = []
+        s.check_chars(sum(len(p) for p in prompts if isinstance(p, str)), "prompt")
         for i, p in enumerate(prompts):
             if isinstance(p, str):
                 if not p:
@@ -467,15 +511,15 @@ class CompletionHandler:
         return out
 
     async def respond(self, request, req: CompletionRequest):
-        prepared = self.prepare(req)
+        prepared = await self.state.off_loop(self.prepare, req)
         rid = _rid("cmpl")
         streams = []
         try:
             for i, (ids, _, gen) in enumerate(prepared):
                 streams.append(await start(self.state, ids, gen, f"{rid}-{i}"))
         except BaseException:
-            for j in range(len(streams)):
-                self.state.engine.abort(f"{rid}-{j}")
+            for stream in streams:
+                stream.close()
             raise
         if req.stream:
             return self._stream(req, prepared, streams, rid)
@@ -489,6 +533,7 @@ class CompletionHandler:
         return (prompt_text if req.echo else "") + c.text
 
     def _response(self, req, prepared, outs: list[RequestOutput], rid: str) -> dict:
+        check_not_cut(outs)
         choices = []
         for i, out in enumerate(outs):
             for c in out.outputs:
@@ -523,6 +568,9 @@ class CompletionHandler:
                         continue
                     if c.finished:
                         ended.add(index)
+                    if c.finish_reason == "abort":  # cut by shutdown
+                        yield _sse(cut_error())
+                        continue
                     text = c.delta_text
                     echo_first = index not in started
                     if index not in started:
@@ -544,6 +592,7 @@ class CompletionHandler:
                     finals[i] = out
             if include_usage:
                 yield _sse({**base, "choices": [], "usage": _usage([finals[i] for i in sorted(finals)])})
-        except (QueueFullError, PromptTooLongError, EngineDeadError) as e:
+        except Exception as e:  # noqa: BLE001 - the stream ends with an error event and [DONE]
+            log.error("stream %s ended by an error: %r", rid, e)
             yield _sse(engine_error(e).body())
         yield DONE

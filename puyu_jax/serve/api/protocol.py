@@ -4,11 +4,16 @@ Every field a client may send is declared here; anything else fails validation w
 error that names it (HTTP 400), so no option is silently ignored. Fields the API knows but
 this server cannot honour are declared with the only value it accepts and a message saying
 why (e.g. `suffix`, `best_of` > n).
+
+Every number is range-checked here, before it can reach the engine: integers fit the engine's
+int32 arrays (`INT32_MAX`), floats are finite and within their documented range, and lists
+and strings that the engine loops over (stop strings, tools, prompts in a batch, names) have
+an upper bound. Sizes of free text are bounded by the body limit and the context length.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -16,11 +21,19 @@ from puyu_jax.serve.api.errors import APIError
 from puyu_jax.serve.config import MAX_TOP_LOGPROBS
 
 MAX_STOP_STRINGS = 4
+MAX_STOP_CHARS = 256
 MAX_N = 16
+MAX_TOOLS = 128
+MAX_PROMPTS = 256  # prompts in one /v1/completions batch (each becomes n engine requests)
+MAX_NAME_CHARS = 256
+INT32_MAX = 2**31 - 1  # the engine's token, length and top-k arrays are int32
+
+Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
+TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 # ------------------------------------------------------------------------------------------ messages
@@ -32,14 +45,14 @@ class TextPart(_Strict):
 
 
 class FunctionCallIn(_Strict):
-    name: str
+    name: Name
     arguments: str
 
 
 class ToolCallIn(_Strict):
     """A tool call an assistant message carries in the history."""
 
-    id: str = ""
+    id: Name = ""
     type: Literal["function"] = "function"
     function: FunctionCallIn
 
@@ -47,9 +60,9 @@ class ToolCallIn(_Strict):
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
-    name: str | None = None
-    tool_calls: list[ToolCallIn] | None = None
-    tool_call_id: str | None = None
+    name: Name | None = None
+    tool_calls: list[ToolCallIn] | None = Field(None, max_length=MAX_TOOLS)
+    tool_call_id: Name | None = None
     # echoed back by clients that resend a response message as it came; only empty values are accepted
     refusal: None = None
     function_call: None = None
@@ -90,6 +103,23 @@ class FunctionDef(_Strict):
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
+    @field_validator("parameters")
+    @classmethod
+    def _schema(cls, v):
+        """The parameters are a JSON Schema of an object (as OpenAI requires): type object, properties a map
+        of schemas, required a list of property names."""
+        if v is None:
+            return v
+        if v.get("type", "object") != "object":
+            raise ValueError(f"the parameters schema must have type 'object', got {v.get('type')!r}")
+        props = v.get("properties", {})
+        if not isinstance(props, dict) or not all(isinstance(p, dict) for p in props.values()):
+            raise ValueError("'properties' must map each parameter name to a schema object")
+        required = v.get("required", [])
+        if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+            raise ValueError("'required' must be a list of parameter names")
+        return v
+
 
 class ToolDef(_Strict):
     type: Literal["function"]
@@ -97,7 +127,7 @@ class ToolDef(_Strict):
 
 
 class NamedFunction(_Strict):
-    name: str
+    name: Name
 
 
 class NamedToolChoice(_Strict):
@@ -124,10 +154,10 @@ class StreamOptions(_Strict):
 class _Sampling(_Strict):
     """Options shared by both endpoints. None means the server's default."""
 
-    model: str
+    model: Name
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=-1)  # -1 and 0 disable
+    top_k: int | None = Field(None, ge=-1, le=INT32_MAX)  # -1 and 0 disable
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     seed: int | None = Field(None, ge=0, lt=2**63)
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
@@ -138,7 +168,7 @@ class _Sampling(_Strict):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: Name | None = None
 
     @field_validator("stop")
     @classmethod
@@ -150,6 +180,8 @@ class _Sampling(_Strict):
             raise ValueError(f"at most {MAX_STOP_STRINGS} stop sequences are allowed, got {len(items)}")
         if any(not s for s in items):
             raise ValueError("stop sequences must be non-empty strings")
+        if any(len(s) > MAX_STOP_CHARS for s in items):
+            raise ValueError(f"a stop sequence may have at most {MAX_STOP_CHARS} characters")
         return v
 
     def check(self) -> None:
@@ -165,11 +197,11 @@ class _Sampling(_Strict):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage]
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
+    max_completion_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
-    tools: list[ToolDef] | None = None
+    tools: list[ToolDef] | None = Field(None, max_length=MAX_TOOLS)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
@@ -190,12 +222,12 @@ class ChatCompletionRequest(_Sampling):
         return self.max_tokens, "max_tokens"
 
 
-PromptType = str | list[str] | list[int] | list[list[int]]
+PromptType = str | list[str] | list[TokenId] | list[list[TokenId]]
 
 
 class CompletionRequest(_Sampling):
     prompt: PromptType
-    max_tokens: int = Field(16, ge=0)  # 0 only with echo: score the prompt, generate nothing
+    max_tokens: int = Field(16, ge=0, le=INT32_MAX)  # 0 only with echo: score the prompt, generate nothing
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool = False
     suffix: None = None  # insertion (fill-in-the-middle) is not supported
@@ -209,6 +241,10 @@ class CompletionRequest(_Sampling):
         if self.max_tokens == 0 and not self.echo:
             raise APIError(400, "max_tokens=0 generates nothing; it is only meaningful with echo=true",
                            param="max_tokens")
+        if isinstance(self.prompt, list) and self.prompt and not isinstance(self.prompt[0], int) and \
+                len(self.prompt) > MAX_PROMPTS:
+            raise APIError(400, f"at most {MAX_PROMPTS} prompts may be sent in one request, got {len(self.prompt)}",
+                           param="prompt")
 
     def prompts(self) -> list[str | list[int]]:
         """The prompts as a list (one per entry of a batch)."""

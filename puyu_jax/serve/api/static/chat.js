@@ -69,7 +69,7 @@ async function send(text) {
   const controller = new AbortController();
   state.controller = controller;
   setStreaming(true);
-  setStatus("generating…");
+  setStatus("sending…");
   let reply = "";
   try {
     const r = await fetch("/v1/chat/completions", {
@@ -79,6 +79,10 @@ async function send(text) {
       const err = await r.json().catch(() => ({}));
       throw new Error(err.error ? err.error.message : r.status + " " + r.statusText);
     }
+    // the headers come at once; until the first token the request waits in the server's queue
+    setStatus("waiting for the model…");
+    out.classList.add("waiting");
+    out.textContent = "waiting…";
     const reader = r.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
@@ -95,6 +99,7 @@ async function send(text) {
         if (chunk.error) throw new Error(chunk.error.message);
         for (const choice of chunk.choices || []) {
           if (choice.delta && choice.delta.content) {
+            if (!reply) { out.classList.remove("waiting"); setStatus("generating…"); }
             reply += choice.delta.content;
             out.textContent = reply;
             out.scrollIntoView({ block: "end" });
@@ -114,7 +119,8 @@ async function send(text) {
       setStatus("error");
     }
   } finally {
-    out.classList.remove("streaming");
+    if (!reply && out.classList.contains("waiting")) out.textContent = "";
+    out.classList.remove("streaming", "waiting");
     // a stopped reply stays in the history as far as it got, so the next turn sees it
     state.history.push({ role: "assistant", content: reply });
     state.controller = null;
