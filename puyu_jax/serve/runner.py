@@ -6,9 +6,10 @@ token per row. Shapes are padded to power-of-two buckets (rows, new tokens per r
 blocks per row, penalty history), so a serving process compiles a bounded set of
 programs during warm-up and never again in steady state.
 
-Under tensor parallelism the parameters are placed with the training rule table's
-`tp` preset (heads, kv_heads, mlp and vocab over the `tensor` mesh axis) and the pool
-is sharded over its kv-head axis; XLA inserts the collectives.
+Under tensor parallelism the parameters are placed by `ShardingPlan.serving(tp)` (the
+training `tp` tables: heads, kv_heads, mlp and vocab over the `tensor` mesh axis; heads
+that `tp` does not divide stay replicated) and the pool is sharded over its kv-head axis;
+XLA inserts the collectives.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from puyu_jax.models.transformer import Transformer
-from puyu_jax.parallel.sharding import ParallelConfig, build_mesh, preset_rules
+from puyu_jax.parallel.sharding import ShardingPlan
 from puyu_jax.serve.kv_cache import PagedBatch, PagedKVCache, copy_blocks, init_paged_cache
 from puyu_jax.serve.sampling import SamplingArrays, SamplingFlags, sample
 
@@ -88,31 +89,28 @@ class ModelRunner:
     """Owns the parameters, the KV pool and the compiled steps."""
 
     def __init__(self, model: Transformer, *, num_blocks: int, block_size: int, kv_dtype: str = "auto",
-                 tp: int = 1, attention_impl: str = "auto", max_blocks_per_seq: int = 0):
+                 tp: int = 1, attention_impl: str = "auto"):
         self.cfg = model.cfg
         self.block_size = block_size
         self.num_blocks = num_blocks
-        self.max_blocks_per_seq = max_blocks_per_seq or num_blocks
         self.impl = attention_impl
         self.window = self.cfg.sliding_window or 0
         self.graphdef, state = nnx.split(model)
         self.mesh = None
         if tp > 1:
-            if tp > len(jax.devices()):
-                raise ValueError(f"tp={tp} but only {len(jax.devices())} devices are visible")
-            self.mesh = build_mesh(ParallelConfig(preset="tp", data=1, tensor=tp), jax.devices()[:tp])
-            rules, _ = preset_rules("tp")
+            plan = ShardingPlan.serving(tp)
+            self.mesh = plan.mesh
             logical = nnx.get_partition_spec(state)
 
             def place(x, spec):
                 names = tuple(spec) if isinstance(spec, P) else ()
                 if not hasattr(x, "shape") or len(names) != x.ndim:
                     names = (None,) * getattr(x, "ndim", 0)
-                return jax.device_put(x, NamedSharding(self.mesh, rules.spec(names, x.shape, self.mesh)))
+                return jax.device_put(x, plan.sharding("params", names, x.shape))
 
             state = jax.tree.map(place, state, logical)
-            pool = lambda ndim: NamedSharding(  # noqa: E731
-                self.mesh, rules.spec(("kv_heads",) + (None,) * (ndim - 1), (self.cfg.num_kv_heads,) + (1,) * (ndim - 1), self.mesh))
+            pool = lambda ndim: plan.sharding(  # noqa: E731
+                "params", ("kv_heads",) + (None,) * (ndim - 1), (self.cfg.num_kv_heads,) + (1,) * (ndim - 1))
             self.kv = init_paged_cache(self.cfg, num_blocks, block_size, kv_dtype, sharding=pool)
             self._replicated = NamedSharding(self.mesh, P())
         else:
