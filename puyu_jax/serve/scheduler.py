@@ -82,7 +82,6 @@ class SequenceGroup:
     seed: int
     metrics: RequestMetrics
     seqs: list[Sequence] = field(default_factory=list)
-    aborted: bool = False
     prompt_logprobs: list | None = None
 
     @property
@@ -95,10 +94,6 @@ class ScheduledBatch:
     prefill: list[tuple[Sequence, int]] = field(default_factory=list)  # (sequence, new tokens)
     decode: list[Sequence] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
-
-    @property
-    def empty(self) -> bool:
-        return not self.prefill and not self.decode
 
 
 class Scheduler:
