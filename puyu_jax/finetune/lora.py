@@ -35,8 +35,8 @@ from puyu_jax.models.config import ModelConfig
 from puyu_jax.models.params import logical_axes, param_shapes, projection_in_axes
 from puyu_jax.models.projection import Projection, module_at, replace_projections
 from puyu_jax.models.transformer import Transformer
-from puyu_jax.quant.nf4 import NF4Tensor, quantize_nf4
 from puyu_jax.parallel.sharding import ShardingPlan
+from puyu_jax.quant.nf4 import NF4Tensor, quantize_nf4
 
 DEFAULT_TARGETS = r"layers/\d+/(attn/(q|k|v|o)_proj|mlp/(gate|up|down)_proj)/kernel"
 
