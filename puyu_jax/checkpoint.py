@@ -1,4 +1,4 @@
-"""The puyu checkpoint directory, and conversion between checkpoint formats.
+"""The puyu checkpoint directory (conversion between formats: `puyu_jax.pretrained.convert`).
 
     <dir>/model.yaml   ModelConfig as YAML (dataclasses.asdict, nested rope)
     <dir>/params/      orbax StandardCheckpointer save of the nested parameter dict
@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,15 +21,7 @@ import numpy as np
 import yaml
 
 from puyu_jax.models.config import ModelConfig, RopeConfig
-from puyu_jax.models.hf import (
-    TOKENIZER_FILES,
-    _dtype_name,
-    _is_float,
-    copy_tokenizer_files,
-    load_hf_dir,
-    np_dtype,
-    save_hf_dir,
-)
+from puyu_jax.models.hf import _dtype_name, _is_float, np_dtype
 
 PathLike = str | os.PathLike
 MODEL_YAML = "model.yaml"
@@ -193,75 +184,3 @@ def load_checkpoint(
     if dtype is not None and (name := _dtype_name(np_dtype(dtype))):
         cfg = cfg.replace(param_dtype=name)
     return cfg, flat
-
-
-# ---------------------------------------------------------------------------
-# conversion
-# ---------------------------------------------------------------------------
-
-
-def detect_format(path: PathLike) -> str:
-    """"puyu", "hf" or "gguf", by content."""
-    path = Path(path)
-    if path.is_file():
-        with open(path, "rb") as f:
-            if f.read(4) == b"GGUF":
-                return "gguf"
-        raise ValueError(f"{path}: a file, but not GGUF")
-    if is_checkpoint(path):
-        return "puyu"
-    if (path / "config.json").is_file():
-        return "hf"
-    raise ValueError(f"{path}: not a GGUF file, puyu checkpoint (model.yaml + params/) or HF directory (config.json)")
-
-
-def _gguf_tokenizer(src: Path, dst: Path) -> bool:
-    """Save the GGUF's tokenizer into dst with puyu_jax.tokenizer, when that module exists."""
-    try:
-        from puyu_jax.tokenizer import tokenizer_from_gguf
-    except ModuleNotFoundError as e:
-        if e.name not in ("puyu_jax.tokenizer",):
-            raise
-        warnings.warn("puyu_jax.tokenizer is not available: the tokenizer was not converted", stacklevel=3)
-        return False
-    dst.mkdir(parents=True, exist_ok=True)
-    tokenizer_from_gguf(src).save(dst)
-    return True
-
-
-def convert(src: PathLike, dst: PathLike, *, to: str, dtype: Any = None) -> Path:
-    """Convert a checkpoint (HF directory, .gguf file or puyu directory, detected by
-    content) to `to` = "puyu" (orbax) or "hf" at dst, tokenizer included. Returns dst."""
-    if to not in ("puyu", "hf"):
-        raise ValueError(f"to={to!r}: expected 'puyu' or 'hf'")
-    src, dst = Path(src), Path(dst)
-    kind = detect_format(src)
-    if kind == "hf":
-        cfg, flat = load_hf_dir(src, dtype=dtype)
-    elif kind == "gguf":
-        from puyu_jax.models.gguf import load_gguf
-
-        cfg, flat, _ = load_gguf(src, dtype=dtype or np.float32)
-    else:
-        cfg, flat = load_checkpoint(src, dtype=dtype)
-
-    if to == "puyu":
-        tok_files = {n: src / n for n in TOKENIZER_FILES if (src / n).is_file()} if kind == "hf" else {}
-        save_checkpoint(dst, cfg, flat, tokenizer_files=tok_files or None)
-        if kind == "gguf":
-            _gguf_tokenizer(src, dst / TOKENIZER_DIR)
-        elif (src / TOKENIZER_DIR).is_dir():
-            shutil.copytree(src / TOKENIZER_DIR, dst / TOKENIZER_DIR, dirs_exist_ok=True)
-        return dst
-
-    save_hf_dir(cfg, flat, dst, dtype=dtype)
-    if kind == "hf":
-        copy_tokenizer_files(src, dst)
-    elif kind == "gguf":
-        _gguf_tokenizer(src, dst)
-    elif (src / TOKENIZER_DIR).is_dir():
-        for f in (src / TOKENIZER_DIR).iterdir():
-            if f.is_file():
-                shutil.copyfile(f, dst / f.name)
-    return dst
-

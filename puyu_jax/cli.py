@@ -64,11 +64,9 @@ def _cmd_model_info(args) -> int:
 
 
 def _cmd_convert(args) -> int:
-    from puyu_jax.checkpoint import convert
-    from puyu_jax.pretrained import ALIASES, resolve
+    from puyu_jax.pretrained import convert
 
-    src = resolve(args.src)[1] if args.src in ALIASES else args.src
-    convert(src, args.dst, to=args.to)
+    convert(args.src, args.dst, to=args.to)
     print(f"wrote {args.to} checkpoint to {args.dst}")
     return 0
 

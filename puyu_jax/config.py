@@ -10,6 +10,11 @@ dataclasses (also ``Optional``), ``list[X]``, ``tuple[X, ...]``, ``dict[str, X]`
 and ``Any``. ``Literal`` and general ``Union`` are not supported by OmegaConf 2.3;
 use ``str`` plus a check in ``__post_init__`` (as `ModelConfig` does).
 
+An *embedded* sub-config (``field(metadata={"embed": True})``, e.g. the `TrainConfig`
+inside `FinetuneConfig`) is written flat: its keys sit at the parent's level (``steps:
+16`` sets ``train.steps``), except those the parent declares itself, and `to_dict`
+writes them back flat. The dotted form (``train.steps=16``) works too.
+
 A YAML value for a nested-dataclass field may be a string naming another YAML file:
 a path (relative to the including file, the working directory or the repo root) or a
 bare name looked up as ``configs/<field>s/NAME.yaml`` (the configs directory is
@@ -64,6 +69,34 @@ def _field_types(cls: type) -> dict[str, Any]:
     except Exception as e:  # unresolvable forward reference
         raise ConfigError(f"cannot resolve the field types of {cls.__name__}: {e}") from e
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
+
+
+@functools.cache
+def _embedded(cls: type) -> dict[str, type]:
+    """Embedded sub-config fields of `cls` (metadata ``embed=True``): name -> dataclass type."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.init and f.metadata.get("embed"):
+            sub = _dataclass_type(_field_types(cls)[f.name])
+            if sub is None:
+                raise ConfigError(f"{cls.__name__}.{f.name}: only a dataclass field can be embedded")
+            out[f.name] = sub
+    return out
+
+
+def _promoted(cls: type, key: str) -> str | None:
+    """The embedded field of `cls` through which a key `cls` does not declare is set."""
+    if key in _field_types(cls):
+        return None
+    for name, sub in _embedded(cls).items():
+        if key in _field_types(sub):
+            return name
+    return None
+
+
+def _valid_keys(cls: type) -> list[str]:
+    own = list(_field_types(cls))
+    return own + [k for sub in _embedded(cls).values() for k in _field_types(sub) if k not in own]
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -205,8 +238,12 @@ def _merge(node: DictConfig, cls: type, data: Mapping, path: str, base_dir: Path
     fields = _field_types(cls)
     for key, value in data.items():
         full_key = _join(path, str(key))
+        via = _promoted(cls, key)
+        if via is not None:
+            _assign(node[via], _embedded(cls)[via], key, value, full_key, base_dir)
+            continue
         if key not in fields:
-            raise _unknown_key(full_key, str(key), list(fields))
+            raise _unknown_key(full_key, str(key), _valid_keys(cls))
         _assign(node, cls, key, value, full_key, base_dir)
 
 
@@ -267,10 +304,13 @@ def _apply_override(root: DictConfig, cls: type, key: str, raw: str | None, valu
     parts = key.split(".")
     node, cur_cls, path = root, cls, ""
     for i, part in enumerate(parts):
-        fields = _field_types(cur_cls)
         full_key = _join(path, part)
+        via = _promoted(cur_cls, part)
+        if via is not None:
+            node, cur_cls = node[via], _embedded(cur_cls)[via]
+        fields = _field_types(cur_cls)
         if part not in fields:
-            raise _unknown_key(full_key, part, list(fields))
+            raise _unknown_key(full_key, part, _valid_keys(cur_cls))
         tp = fields[part]
         if i == len(parts) - 1:
             parsed = _parse_value(raw, tp) if raw is not None else value
@@ -425,7 +465,16 @@ def from_dict(cls: type[T], data: Mapping, overrides: Sequence[str] = ()) -> T:
 
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+        out = {}
+        for f in dataclasses.fields(value):
+            if not f.init:
+                continue
+            if f.metadata.get("embed"):  # written flat; keys the parent declares itself are left out
+                sub = _plain(getattr(value, f.name))
+                out.update({k: v for k, v in sub.items() if k not in _field_types(type(value))})
+            else:
+                out[f.name] = _plain(getattr(value, f.name))
+        return out
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, Mapping):

@@ -1,8 +1,6 @@
 """puyu checkpoint directory (orbax) and format conversion."""
 
 import json
-import sys
-import types
 
 import jax
 import ml_dtypes
@@ -13,8 +11,6 @@ from jax.sharding import PartitionSpec as P
 
 from puyu_jax.checkpoint import (
     checkpoint_shapes,
-    convert,
-    detect_format,
     flatten,
     load_checkpoint,
     model_config_from_yaml,
@@ -24,6 +20,11 @@ from puyu_jax.checkpoint import (
 )
 from puyu_jax.models.config import ModelConfig, RopeConfig
 from puyu_jax.models.hf import flat_shapes, load_hf_dir
+from puyu_jax.pretrained import convert, resolve
+
+
+def detect_format(path) -> str:
+    return resolve(path)[0]
 
 CFG = ModelConfig(
     vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -197,9 +198,7 @@ def test_convert_gguf(tmp_path, monkeypatch):
         def save(self, d):
             (d / "tokenizer.json").write_text("{}")
 
-    fake = types.ModuleType("puyu_jax.tokenizer")
-    fake.tokenizer_from_gguf = lambda p: calls.append(p) or FakeTokenizer()
-    monkeypatch.setitem(sys.modules, "puyu_jax.tokenizer", fake)
+    monkeypatch.setattr("puyu_jax.pretrained.tokenizer_from_gguf", lambda p: calls.append(p) or FakeTokenizer())
 
     gcfg, gflat, _ = load_gguf(src)
     ck = convert(src, tmp_path / "puyu", to="puyu")

@@ -270,7 +270,7 @@ def train_program(cfg, devices: list) -> Program:
     compiled, lower_s, compile_s = _lower_compile(trainer.jit_step, state, batch)
     tokens = cfg.batch_size * cfg.data.seq_len
     shapes = {k: v.shape for k, v in param_shapes(cfg.model).items()}
-    notes = _replication_notes(logical_axes(cfg.model), shapes, preset_rules(cfg.parallel.preset)[0], trainer.mesh, "")
+    notes = _replication_notes(logical_axes(cfg.model), shapes, preset_rules(cfg.parallel.preset)["params"], trainer.mesh, "")
     notes.insert(0, f"mesh {dict(trainer.mesh.shape)}")
     return Program("train", compiled, devices, model_flops_per_token(cfg.model, cfg.data.seq_len) * tokens, tokens,
                    lower_s, compile_s, notes, loop_trips=cfg.grad_accum)
@@ -293,7 +293,6 @@ class AbstractLoRAAdapter:
 def finetune_program(cfg, devices: list) -> Program:
     """Compiles the finetuning step (full, LoRA or QLoRA) of a FinetuneConfig for `devices`."""
     from puyu_jax.finetune.run import train_config
-    from puyu_jax.parallel.sharding import preset_rules
     from puyu_jax.pretrained import _with_dtypes, load_model_config
     from puyu_jax.train.step import model_flops_per_token
 
@@ -312,7 +311,7 @@ def finetune_program(cfg, devices: list) -> Program:
     adapter.frozen = {}  # Trainer.create places the frozen base on devices; the abstract one goes in below
     trainer = _trainer(tcfg, devices, adapter)
     adapter.frozen = frozen
-    trainer.frozen_shardings = adapter.frozen_shardings(trainer.mesh, preset_rules(tcfg.parallel.preset)[0])
+    trainer.frozen_shardings = adapter.frozen_shardings(trainer.plan)
     _check_batch(tcfg, trainer.mesh)
     state = trainer.abstract_state()
     batch = _batch(tcfg, trainer.batch_sharding, loss_mask=True)
@@ -338,7 +337,7 @@ def serve_decode_program(cfg, devices: list, *, batch: int = 0, context: int = 0
 
     from puyu_jax.kernels.target import compile_target
     from puyu_jax.models.transformer import Transformer
-    from puyu_jax.parallel.sharding import ParallelConfig, build_mesh
+    from puyu_jax.parallel.sharding import ShardingPlan
     from puyu_jax.pretrained import _with_dtypes, load_model_config
     from puyu_jax.serve.kv_cache import init_paged_cache, kv_bytes_per_block
     from puyu_jax.serve.runner import _step, bucket, tp_pool_sharding, tp_state_shardings
@@ -369,9 +368,10 @@ def serve_decode_program(cfg, devices: list, *, batch: int = 0, context: int = 0
     graphdef, state = nnx.split(nnx.eval_shape(build))
     kv = jax.eval_shape(lambda: init_paged_cache(model_cfg, num_blocks, bs, eng.kv_dtype))
     if eng.tp > 1:
-        mesh = build_mesh(ParallelConfig(preset="tp", data=1, tensor=eng.tp), devices)
-        state = _abstract(state, tp_state_shardings(state, mesh))
-        kv = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=tp_pool_sharding(model_cfg, mesh, x.ndim)), kv)
+        plan = ShardingPlan.serving(eng.tp, devices)
+        mesh = plan.mesh
+        state = _abstract(state, tp_state_shardings(state, plan))
+        kv = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=tp_pool_sharding(model_cfg, plan, x.ndim)), kv)
         rep = NamedSharding(mesh, P())
     else:
         mesh = None

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from puyu_jax.assets import SMOLLM2, find_smollm2_gguf
 from puyu_jax.data.config import TokenizeConfig
+from puyu_jax.tokenizer import Tokenizer, load_tokenizer
 
 INDEX = "index.json"
 
@@ -46,15 +48,9 @@ def pack_sequences(docs: Iterable[list[int]], seq_len: int, pad_id: int) -> Iter
         yield flush()
 
 
-def resolve_tokenizer(name: str):
+def resolve_tokenizer(name: str) -> Tokenizer:
     """A `Tokenizer` from a directory, a .gguf file, or ``smollm2`` (the packaged GGUF)."""
-    from puyu_jax.tokenizer import load_tokenizer, tokenizer_from_gguf
-
-    if name == "smollm2":
-        from puyu_jax.models.gguf import find_smollm2_gguf
-
-        return tokenizer_from_gguf(find_smollm2_gguf())
-    return load_tokenizer(name)
+    return load_tokenizer(find_smollm2_gguf() if name == SMOLLM2 else name)
 
 
 def iter_texts(cfg: TokenizeConfig) -> Iterator[str]:

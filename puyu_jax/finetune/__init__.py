@@ -18,9 +18,9 @@ from puyu_jax.finetune.lora import (
     quantize_base,
     target_kernels,
 )
-from puyu_jax.finetune.nf4 import NF4_TABLE, NF4Tensor, quantize_nf4
 from puyu_jax.finetune.run import finetune, merge_run, merged_params
 from puyu_jax.finetune.sft import build_sft_data, encode_sample, pack_examples, preview, sft_loader
+from puyu_jax.quant.nf4 import NF4_TABLE, NF4Tensor, quantize_nf4  # NF4 lives in quant/; kept here for QLoRA users
 
 __all__ = [
     "FORMATS", "MODES", "NF4_TABLE", "FinetuneConfig", "LoRAAdapter", "LoRAConfig", "LoRAProj", "LoadResult",

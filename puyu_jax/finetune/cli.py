@@ -34,7 +34,7 @@ def _cmd_train(args) -> int:
     d = s["data"]
     print(f"finished at step {s.get('step', s['start_step'])}: loss {s.get('loss', float('nan')):.4f}; "
           f"{d['samples']} samples in {d['sequences']} sequences ({d['bad_records']} bad records); "
-          f"outputs in {cfg.out_dir}")
+          f"outputs in {cfg.train.out_dir}")
     return 0
 
 
@@ -141,11 +141,11 @@ def _cmd_estimate(args) -> int:
         if getattr(cfg, name):
             mc = mc.replace(**{name: getattr(cfg, name)})
     seq = args.seq_len or cfg.data.seq_len
-    batch = args.batch or cfg.batch_size // cfg.grad_accum
+    batch = args.batch or cfg.train.batch_size // cfg.train.grad_accum
     modes = args.modes.split(",")
-    rows = {m: estimate_memory(mc, m, seq_len=seq, batch=batch, lora=cfg.lora, remat=cfg.remat,
-                               preset=cfg.parallel.preset, fsdp=cfg.parallel.fsdp) for m in modes}
-    print(f"{cfg.model}: seq {seq}, micro-batch {batch}, remat {cfg.remat}, dtype {mc.dtype}/{mc.param_dtype}, "
+    rows = {m: estimate_memory(mc, m, seq_len=seq, batch=batch, lora=cfg.lora, remat=cfg.train.remat,
+                               parallel=cfg.train.parallel) for m in modes}
+    print(f"{cfg.model}: seq {seq}, micro-batch {batch}, remat {cfg.train.remat}, dtype {mc.dtype}/{mc.param_dtype}, "
           f"attention {mc.attention_impl}, LoRA rank {cfg.lora.rank}")
     print(format_table(rows))
     return 0

@@ -7,8 +7,7 @@ from typing import ClassVar
 
 from puyu_jax.finetune.formats import FORMATS
 from puyu_jax.finetune.lora import LoRAConfig
-from puyu_jax.parallel.sharding import ParallelConfig
-from puyu_jax.train.config import REMAT, CheckpointConfig, OptimizerConfig
+from puyu_jax.train.config import CheckpointConfig, OptimizerConfig, TrainConfig
 
 MODES = ("full", "lora", "qlora")
 
@@ -24,7 +23,7 @@ class SFTDataConfig:
     text in every message (e.g. ``{"{{name}}": "Puyu"}`` for identity data).
     """
 
-    path: str = "tests/finetune/data/identity.json"
+    path: str = ""  # "" = the identity sample shipped with the package (puyu_jax/finetune/assets)
     format: str = "auto"
     template: str = ""
     seq_len: int = 512
@@ -41,9 +40,22 @@ class SFTDataConfig:
             raise ValueError("data.seq_len must be >= 8")
 
 
+def _finetune_defaults() -> TrainConfig:
+    """Training settings suited to finetuning (the `train` part of a FinetuneConfig)."""
+    return TrainConfig(
+        optimizer=OptimizerConfig(lr=2e-4, warmup_steps=5, schedule="cosine", weight_decay=0.0, b2=0.999),
+        checkpoint=CheckpointConfig(every=0, keep=1), steps=50, batch_size=8, log_every=5, out_dir="runs/finetune")
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """A finetuning run: a pretrained model, chat data, a mode (full / lora / qlora)."""
+    """A finetuning run: a pretrained model, chat data, a mode (full / lora / qlora).
+
+    `train` is the shared `TrainConfig` (optimizer, parallel, checkpoint, steps, batch_size,
+    grad_accum, remat, z_loss, nan_policy, log_every, seed, out_dir, tensorboard), written
+    flat in YAML and overrides (``steps=100``, ``optimizer.lr=1e-4``). Its `model` and `data`
+    are filled from this run's pretrained model and `data.seq_len` / `data.seed`.
+    """
 
     # what the run's checkpoints depend on: `--resume` refuses a config that changes one of these
     CHECKPOINT_KEYS: ClassVar[tuple[str, ...]] = ("model", "mode", "lora.rank", "lora.targets", "lora.nf4_block",
@@ -56,24 +68,8 @@ class FinetuneConfig:
     attention_impl: str = ""  # einsum / dot_product (cuDNN flash attention on GPU); "" = the model's
     data: SFTDataConfig = field(default_factory=SFTDataConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
-    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(
-        lr=2e-4, warmup_steps=5, schedule="cosine", weight_decay=0.0, b2=0.999))
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(every=0, keep=1))
-    steps: int = 50
-    batch_size: int = 8
-    grad_accum: int = 1
-    remat: str = "none"
-    nan_policy: str = "skip"
-    log_every: int = 5
-    seed: int = 0
-    out_dir: str = "runs/finetune"
-    tensorboard: bool = True
+    train: TrainConfig = field(default_factory=_finetune_defaults, metadata={"embed": True})
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r}: expected one of {MODES}")
-        if self.remat not in REMAT:
-            raise ValueError(f"remat={self.remat!r}: expected one of {REMAT}")
-        if self.batch_size % self.grad_accum:
-            raise ValueError(f"batch_size={self.batch_size} is not divisible by grad_accum={self.grad_accum}")

@@ -14,8 +14,10 @@ Bytes per device for one optimizer step at micro-batch b x sequence s (T = b s t
     full       T a d per layer (the layer inputs) + one layer recomputed ("none" once)
   plus the logits (T v (4 + a): fp32 for the loss, their gradient in the compute dtype), and
   for QLoRA two dequantized copies of the largest targeted kernel (dequantized per matmul).
-Sharding: zero1/2 divide optimizer state (and zero2 grads) by the fsdp size, zero3 also
-weights; activations are divided by the batch-parallel device count.
+Sharding: every array is divided exactly as the run's `ShardingPlan` shards it (zero1:
+optimizer state over fsdp; zero2: also the gradient accumulator; zero3: also the weights;
+tp: heads / mlp / vocab over tensor; NF4 codes stay replicated, as in the step);
+activations are divided by the batch-parallel device count.
 
 The coefficients were checked against XLA's own buffer assignment of the compiled step on
 CPU (`measure_step_memory`; within 25% for small models at remat none). XLA:CPU does not
@@ -27,12 +29,24 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import jax
 import jax.numpy as jnp
 
-from puyu_jax.finetune.lora import LoRAConfig, cached_param_shapes, lora_shapes, target_kernels
-from puyu_jax.finetune.nf4 import nf4_bytes_per_param
+from puyu_jax.finetune.lora import (
+    LoRAAdapter,
+    LoRAConfig,
+    cached_logical_axes,
+    cached_param_shapes,
+    lora_axes,
+    lora_shapes,
+    target_kernels,
+)
+from puyu_jax.quant.nf4 import nf4_bytes_per_param
 from puyu_jax.models.config import ModelConfig
 from puyu_jax.models.params import param_shapes
+from puyu_jax.parallel.sharding import ParallelConfig, ShardingPlan
+from puyu_jax.train.config import DataConfig, TrainConfig
+from puyu_jax.train.step import Trainer
 
 GiB = 1024**3
 
@@ -66,44 +80,54 @@ def _layer_activations(cfg: ModelConfig, b: int, s: int, a: int) -> float:
 
 
 def estimate_memory(cfg: ModelConfig, mode: str, *, seq_len: int, batch: int = 1, lora: LoRAConfig | None = None,
-                    remat: str = "none", preset: str = "dp", fsdp: int = 1, batch_devices: int = 1) -> MemoryEstimate:
+                    remat: str = "none", parallel: ParallelConfig | None = None, devices: int = 0) -> MemoryEstimate:
     """Per-device bytes of a finetuning step (see the module docstring).
 
     Args:
       cfg: model config (param_dtype / dtype give storage and compute bytes).
       mode: full, lora or qlora.
-      seq_len, batch: the micro-batch processed at once (per batch-parallel group).
+      seq_len, batch: the micro-batch of the whole step (split over the batch axes).
       lora: LoRA config (rank, targets, NF4 block sizes) for lora / qlora.
       remat: none, save_dots or full.
-      preset, fsdp: ZeRO preset and fsdp axis size (dp / zero1 / zero2 / zero3).
-      batch_devices: devices the batch is split over (activations divide by it).
+      parallel: preset and mesh sizes (default: one device); each array is divided exactly as
+        the run's `ShardingPlan` shards it (NF4 codes stay replicated, as in the step).
+      devices: device count for a `-1` mesh axis (default: the product of the other sizes).
     """
     lora = lora or LoRAConfig()
+    parallel = parallel or ParallelConfig(data=1)
+    sizes = (parallel.data, parallel.fsdp, parallel.tensor, parallel.sequence)
+    if devices:
+        n_dev = devices
+    elif parallel.preset == "hybrid":
+        n_dev = parallel.devices_per_node or 1  # one node
+    else:
+        n_dev = math.prod(max(s, 1) for s in sizes)
+    plan = ShardingPlan.abstract(parallel, n_dev, parallel.devices_per_node or n_dev)
     pb = jnp.dtype(cfg.param_dtype).itemsize
     a = jnp.dtype(cfg.dtype).itemsize
     shapes = cached_param_shapes(cfg)
+    axes = cached_logical_axes(cfg)
     n = sum(math.prod(v.shape) for v in shapes.values())
+
+    def local(component: str, names, shape_of, ax) -> int:
+        return sum(plan.local_size(component, ax[k], shape_of[k].shape) for k in names)
+
     if mode == "full":
-        trainable, tb, n_lora = n, pb, 0
-        weights = n * pb
+        t_shapes, t_axes, tb, n_lora = shapes, axes, pb, 0
+        weights = local("params", shapes, shapes, axes) * pb
     else:
-        n_lora = sum(math.prod(v.shape) for v in lora_shapes(cfg, lora).values())
-        trainable, tb = n_lora, 4
-        if mode == "qlora":
-            q = sum(math.prod(shapes[k].shape) for k in target_kernels(cfg, lora))
-            weights = q * nf4_bytes_per_param(lora.nf4_block, lora.nf4_scale_block) + (n - q) * pb
-        else:
-            weights = n * pb
-    grads = trainable * 4  # the fp32 accumulator (each micro-batch's gradient is fused into it)
-    optimizer = 2 * trainable * tb
-    if preset in ("zero1", "zero2", "zero3", "hybrid", "fsdp_tp"):
-        optimizer /= fsdp
-    if preset in ("zero2", "zero3", "hybrid", "fsdp_tp"):
-        grads /= fsdp
-    if preset in ("zero3", "hybrid", "fsdp_tp"):
-        weights /= fsdp
-    lora_bytes = n_lora * 4
-    b = max(batch // max(batch_devices, 1), 1)
+        t_shapes, t_axes, tb = lora_shapes(cfg, lora), lora_axes(cfg, lora), 4
+        n_lora = sum(math.prod(v.shape) for v in t_shapes.values())
+        quantized = set(target_kernels(cfg, lora)) if mode == "qlora" else set()
+        weights = local("params", [k for k in shapes if k not in quantized], shapes, axes) * pb
+        weights += sum(math.prod(shapes[k].shape) for k in quantized) * nf4_bytes_per_param(lora.nf4_block,
+                                                                                            lora.nf4_scale_block)
+    trainable = sum(math.prod(v.shape) for v in t_shapes.values())
+    # the fp32 accumulator (each micro-batch's gradient is fused into it), in the gradient sharding
+    grads = local("grads", t_shapes, t_shapes, t_axes) * 4
+    optimizer = 2 * local("opt_state", t_shapes, t_shapes, t_axes) * tb
+    lora_bytes = local("params", t_shapes, t_shapes, t_axes) * 4 if mode != "full" else 0
+    b = max(batch // plan.batch_devices, 1)
     t = b * seq_len
     per_layer = _layer_activations(cfg, b, seq_len, a)
     d = cfg.hidden_size
@@ -121,13 +145,6 @@ def measure_step_memory(cfg: ModelConfig, mode: str, *, seq_len: int, batch: int
                         remat: str = "none", device=None) -> dict:
     """XLA's buffer assignment of the compiled train step on one device: arguments (state,
     frozen base, batch) and temporaries, in bytes. Nothing is allocated."""
-    import jax
-
-    from puyu_jax.finetune.lora import LoRAAdapter
-    from puyu_jax.parallel.sharding import ParallelConfig
-    from puyu_jax.train.config import DataConfig, TrainConfig
-    from puyu_jax.train.step import Trainer
-
     lora = lora or LoRAConfig()
     tc = TrainConfig(model=cfg, data=DataConfig(seq_len=seq_len), parallel=ParallelConfig(data=1),
                      batch_size=batch, remat=remat, steps=10)

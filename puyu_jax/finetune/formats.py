@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -488,8 +488,3 @@ def validate_messages(msgs: list[dict]) -> None:
         raise FormatError(f"the last turn is {body[-1]['role']!r}; it must be the assistant's")
     if not any(m["role"] == "assistant" and m["train"] for m in body):
         raise FormatError("no trained assistant turn (every assistant message has loss_weight 0)")
-
-
-def iter_errors(result: LoadResult) -> Iterable[str]:
-    for e in result.errors:
-        yield f"record {e.index} ({e.format}): {e.reason}"

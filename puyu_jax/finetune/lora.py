@@ -6,12 +6,13 @@ trainable factors are added:
     {module}/lora_a  [in..., r]    normal(0, 1/sqrt(fan_in))
     {module}/lora_b  [r, out...]   zeros
 
-where `in` is the kernel's contracted axes (the first two for o_proj [h, e, d], the first
-one otherwise) and the effective kernel is ``W + (alpha / r) * A @ B`` (reshaped to W).
-In the bound NNX model the targeted projections are `LoRAProj` modules holding the frozen
-kernel as a `Param` and the factors as `nnx.LoRAParam`; the forward computes
-``x W + dropout(x) A B (alpha / r)``. With QLoRA the frozen kernels are `NF4Tensor`s,
-dequantized inside the forward right before their matmul.
+where `in` is the projection's contracted axes (`Projection.in_axes`: the first two for
+o_proj [h, e, d], the first one otherwise) and the effective kernel is
+``W + (alpha / r) * A @ B`` (reshaped to W). In the bound NNX model the targeted
+projections are `LoRAProj` modules — a `Projection` variant holding the frozen kernel as a
+`Param` and the factors as `nnx.LoRAParam`; the forward computes
+``x W + dropout(x) A B (alpha / r)``. With QLoRA the frozen kernels are `NF4Tensor`s
+(`puyu_jax.quant.nf4`), which `Projection.weight` dequantizes right before their matmul.
 
 `LoRAAdapter` is what `puyu_jax.train.step.Trainer` takes: it holds the frozen base and
 says how to initialise, shard and bind the trainable dict.
@@ -29,13 +30,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from puyu_jax.finetune.nf4 import NF4Tensor, quantize_nf4
 from puyu_jax.models.config import ModelConfig
-from puyu_jax.models.params import logical_axes, param_shapes
+from puyu_jax.models.params import logical_axes, param_shapes, projection_in_axes
+from puyu_jax.models.projection import Projection, module_at, replace_projections
 from puyu_jax.models.transformer import Transformer
-from puyu_jax.parallel.sharding import tree_shardings
+from puyu_jax.parallel.sharding import ShardingPlan
+from puyu_jax.quant.nf4 import NF4Tensor, quantize_nf4
 
 DEFAULT_TARGETS = r"layers/\d+/(attn/(q|k|v|o)_proj|mlp/(gate|up|down)_proj)/kernel"
 
@@ -87,17 +88,19 @@ def target_kernels(cfg: ModelConfig, lora: LoRAConfig) -> list[str]:
     return names
 
 
-def n_in_axes(kernel_name: str) -> int:
-    """Contracted (input) axes of a kernel: 2 for o_proj [h, e, d], else 1."""
-    return 2 if kernel_name.endswith("o_proj/kernel") else 1
+@functools.lru_cache(maxsize=16)
+def cached_in_axes(cfg: ModelConfig) -> dict[str, int]:
+    """Flat kernel name -> contracted axes of its `Projection`."""
+    return {f"{k}/kernel": n for k, n in projection_in_axes(cfg).items()}
 
 
 def lora_shapes(cfg: ModelConfig, lora: LoRAConfig, dtype=jnp.float32) -> dict[str, jax.ShapeDtypeStruct]:
     """Trainable parameter name -> ShapeDtypeStruct."""
     shapes = cached_param_shapes(cfg)
+    in_axes = cached_in_axes(cfg)
     out = {}
     for k in target_kernels(cfg, lora):
-        s, n = shapes[k].shape, n_in_axes(k)
+        s, n = shapes[k].shape, in_axes[k]
         base = k.removesuffix("/kernel")
         out[f"{base}/lora_a"] = jax.ShapeDtypeStruct((*s[:n], lora.rank), jnp.dtype(dtype))
         out[f"{base}/lora_b"] = jax.ShapeDtypeStruct((lora.rank, *s[n:]), jnp.dtype(dtype))
@@ -107,9 +110,10 @@ def lora_shapes(cfg: ModelConfig, lora: LoRAConfig, dtype=jnp.float32) -> dict[s
 def lora_axes(cfg: ModelConfig, lora: LoRAConfig) -> dict[str, tuple[str | None, ...]]:
     """Trainable parameter name -> logical axes (the kernel's, with None for the rank)."""
     axes = cached_logical_axes(cfg)
+    in_axes = cached_in_axes(cfg)
     out = {}
     for k in target_kernels(cfg, lora):
-        a, n = axes[k], n_in_axes(k)
+        a, n = axes[k], in_axes[k]
         base = k.removesuffix("/kernel")
         out[f"{base}/lora_a"] = (*a[:n], None)
         out[f"{base}/lora_b"] = (None, *a[n:])
@@ -165,16 +169,16 @@ def _split_spec(spec: str, n_in: int) -> tuple[str, str, str, str]:
     return x, w[:n_in], w[n_in:], y
 
 
-class LoRAProj(nnx.Module):
-    """A projection `_Proj` with LoRA factors: y = x W (+ bias) + dropout(x) A B * scale."""
+class LoRAProj(Projection):
+    """A `Projection` with LoRA factors: y = x W (+ bias) + dropout(x) A B * scale."""
 
-    def __init__(self, base, name: str, lora: LoRAConfig, dtype=jnp.float32):
+    def __init__(self, base: Projection, lora: LoRAConfig, dtype=jnp.float32):
+        self.in_axes = base.in_axes
         self.kernel = base.kernel
         self.bias = base.bias
         shape = self.kernel.get_value().shape
         axes = tuple(self.kernel.get_metadata()["out_sharding"])
-        self.n_in = n_in_axes(name)
-        n = self.n_in
+        n = self.in_axes
         # zeros here: built under nnx.eval_shape (no memory); init_lora gives the real values
         self.lora_a = nnx.LoRAParam(jnp.zeros((*shape[:n], lora.rank), dtype),
                                     out_sharding=(*axes[:n], None), eager_sharding=False)
@@ -185,12 +189,8 @@ class LoRAProj(nnx.Module):
         self.dropout_key = None  # set per step by LoRAAdapter.bind when training
 
     def __call__(self, spec: str, x: jax.Array) -> jax.Array:
-        w = self.kernel.get_value()
-        w = w.dequantize(x.dtype) if isinstance(w, NF4Tensor) else w.astype(x.dtype)
-        y = jnp.einsum(spec, x, w)
-        if self.bias is not None:
-            y = y + self.bias[...].astype(x.dtype)
-        xs, w_in, w_out, ys = _split_spec(spec, self.n_in)
+        y = super().__call__(spec, x)
+        xs, w_in, w_out, ys = _split_spec(spec, self.in_axes)
         rest = "".join(c for c in xs if c not in w_in)
         h = x
         if self.dropout > 0 and self.dropout_key is not None:
@@ -200,29 +200,15 @@ class LoRAProj(nnx.Module):
         return y + self.scale * jnp.einsum(f"{rest}R,R{w_out}->{ys}", xa, self.lora_b[...].astype(x.dtype))
 
 
-def _module_at(model, path: list[str]):
-    for p in path:
-        model = model[int(p)] if p.isdigit() else getattr(model, p)
-    return model
-
-
 def lora_transformer(cfg: ModelConfig, lora: LoRAConfig, dtype=jnp.float32) -> Transformer:
     """The abstract (ShapeDtypeStruct) Transformer whose targeted projections are LoRAProj."""
-    targets = target_kernels(cfg, lora)
-
-    def build():
-        model = Transformer(cfg, rngs=nnx.Rngs(0))
-        for k in targets:
-            path = k.split("/")[:-1]
-            parent = _module_at(model, path[:-1])
-            setattr(parent, path[-1], LoRAProj(getattr(parent, path[-1]), k, lora, dtype))
-        return model
-
-    return nnx.eval_shape(build)
+    names = [k.removesuffix("/kernel") for k in target_kernels(cfg, lora)]
+    return nnx.eval_shape(lambda: replace_projections(Transformer(cfg, rngs=nnx.Rngs(0)), names,
+                                                      lambda _, proj: LoRAProj(proj, lora, dtype)))
 
 
 def lora_modules(model, cfg: ModelConfig, lora: LoRAConfig) -> list[LoRAProj]:
-    return [_module_at(model, k.split("/")[:-1]) for k in target_kernels(cfg, lora)]
+    return [module_at(model, k.removesuffix("/kernel")) for k in target_kernels(cfg, lora)]
 
 
 def bind_lora(graphdef, template: nnx.State, frozen: dict, trainable: dict):
@@ -273,15 +259,14 @@ class LoRAAdapter:
     def trainable_axes(self) -> dict[str, tuple[str | None, ...]]:
         return lora_axes(self.cfg, self.lora)
 
-    def frozen_shardings(self, mesh, rules) -> dict:
+    def frozen_shardings(self, plan: ShardingPlan) -> dict:
         """Dense frozen weights sharded like params; NF4 codes and scales replicated."""
         axes = cached_logical_axes(self.cfg)
         dense = {k: v.shape for k, v in self.frozen.items() if not isinstance(v, NF4Tensor)}
-        out: dict[str, Any] = tree_shardings({k: axes[k] for k in dense}, dense, rules, mesh)
-        rep = NamedSharding(mesh, P())
+        out: dict[str, Any] = plan.shardings("params", {k: axes[k] for k in dense}, dense)
         for k, v in self.frozen.items():
             if isinstance(v, NF4Tensor):
-                out[k] = jax.tree.map(lambda _: rep, v)
+                out[k] = jax.tree.map(lambda _: plan.replicated, v)
         return out
 
     def init(self, seed: int) -> dict[str, jax.Array]:

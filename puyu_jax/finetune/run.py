@@ -1,19 +1,22 @@
 """Finetuning runs: data + pretrained model + (adapter) -> the shared training loop; merge.
 
-A run directory (cfg.out_dir) holds what `puyu train` writes (config.yaml, metrics.jsonl,
+A run directory (cfg.train.out_dir) holds what `puyu train` writes (config.yaml, metrics.jsonl,
 checkpoints/) plus `finetune.json` (mode, template, data statistics) and `tokenizer/`.
 With LoRA / QLoRA the checkpoints hold only the LoRA factors and their optimizer state.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from puyu_jax.assets import IDENTITY_SFT
 from puyu_jax.config import REPO_ROOT, load_config
+from puyu_jax.data.pack import resolve_tokenizer
 from puyu_jax.finetune.config import FinetuneConfig
 from puyu_jax.finetune.lora import LoRAAdapter, lora_shapes, merge_lora
 from puyu_jax.finetune.sft import SFTStats, build_sft_data, resolve_template, sft_loader
@@ -24,7 +27,10 @@ RUN_META = "finetune.json"
 
 
 def resolve_path(path: str) -> Path:
-    """A data path: as given when it exists, else relative to the repo root."""
+    """A data path: as given when it exists, else relative to the repo root; "" is the
+    identity sample shipped with the package."""
+    if not path:
+        return IDENTITY_SFT
     p = Path(path).expanduser()
     return p if p.exists() or p.is_absolute() else REPO_ROOT / p
 
@@ -46,8 +52,6 @@ def load_model(cfg: FinetuneConfig):
 
 
 def load_tokenizer_source(source: str):
-    from puyu_jax.data.pack import resolve_tokenizer
-
     return resolve_tokenizer(source)
 
 
@@ -65,12 +69,7 @@ def build_data(cfg: FinetuneConfig, tokenizer, model_chat_template: str) -> tupl
 
 def train_config(cfg: FinetuneConfig, model_cfg) -> TrainConfig:
     """The TrainConfig the shared Trainer and loop run with."""
-    return TrainConfig(
-        model=model_cfg, data=DataConfig(seq_len=cfg.data.seq_len, seed=cfg.data.seed),
-        optimizer=cfg.optimizer, parallel=cfg.parallel, checkpoint=cfg.checkpoint, steps=cfg.steps,
-        batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, remat=cfg.remat, nan_policy=cfg.nan_policy,
-        log_every=cfg.log_every, seed=cfg.seed, out_dir=cfg.out_dir, tensorboard=cfg.tensorboard,
-    )
+    return dataclasses.replace(cfg.train, model=model_cfg, data=DataConfig(seq_len=cfg.data.seq_len, seed=cfg.data.seed))
 
 
 def finetune(cfg: FinetuneConfig, *, resume: bool = False, console=None, devices=None) -> dict:
@@ -84,10 +83,10 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, console=None, devices
     base = {k: np.asarray(v) for k, v in to_flat(pre.model).items()}
     del pre.model
     pi, pc = jax.process_index(), jax.process_count()
-    it = sft_loader(rows, cfg.batch_size, cfg.data.seed, pi, pc)
+    it = sft_loader(rows, cfg.train.batch_size, cfg.data.seed, pi, pc)
     tcfg = train_config(cfg, pre.cfg)
     adapter = None if cfg.mode == "full" else LoRAAdapter(pre.cfg, cfg.lora, base, quantized=cfg.mode == "qlora")
-    run_dir = Path(cfg.out_dir)
+    run_dir = Path(cfg.train.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if pi == 0:
         tok.save(run_dir / "tokenizer")
@@ -110,7 +109,7 @@ def restore_trained(run_dir: str | Path, step: int | None = None) -> tuple[dict,
     import orbax.checkpoint as ocp
 
     cfg = run_config(run_dir)
-    directory = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else Path(run_dir) / "checkpoints"
+    directory = Path(cfg.train.checkpoint.dir) if cfg.train.checkpoint.dir else Path(run_dir) / "checkpoints"
     with ocp.CheckpointManager(directory.resolve()) as mngr:
         step = mngr.latest_step() if step is None else step
         if step is None:

@@ -60,6 +60,9 @@ class ModelConfig:
     # einsum: plain-JAX GQA attention; dot_product: jax.nn.dot_product_attention, which
     # lowers to cuDNN flash attention on NVIDIA GPUs (XLA elsewhere).
     attention_impl: str = "einsum"
+    # Training / scoring without a cache: run the layers as one `lax.scan` (one compiled layer,
+    # so deep models compile fast). Parameters and checkpoints keep one entry per layer.
+    scan_layers: bool = False
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # storage dtype of the parameters
     # Token ids and the chat template are properties of the checkpoint's tokenizer;

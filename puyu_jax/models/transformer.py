@@ -4,7 +4,7 @@ Shape letters used throughout (einsum style):
   b batch, t query length, s key length, d embed (hidden), h query heads,
   k kv heads, g query heads per kv head (h = k * g), e head_dim, f mlp, v vocab.
 
-Every parameter is declared once, by `_param`, with its shape, dtype, initializer
+Every parameter is declared once, by `declare_param`, with its shape, dtype, initializer
 and *logical* axis names (`vocab`, `embed`, `heads`, `kv_heads`, `head_dim`,
 `mlp`, `norm`). A sharding rule table (see `puyu_jax.parallel`) maps those names
 onto mesh axes; the model itself never names a mesh axis.
@@ -32,21 +32,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from puyu_jax.models.config import ModelConfig, RopeConfig
+from puyu_jax.models.projection import Projection, declare_param
 from puyu_jax.parallel.sharding import constrain
 
 Array = jax.Array
-_INIT_STD = 0.02
-
-
-def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], dtype, init="normal"):
-    """Declares one parameter: shape, dtype, initializer and logical axes in one place."""
-    if init == "ones":
-        value = jnp.ones(shape, dtype)
-    elif init == "zeros":
-        value = jnp.zeros(shape, dtype)
-    else:
-        value = (_INIT_STD * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
-    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
 
 
 # ----------------------------------------------------------------------------- RoPE
@@ -136,7 +125,7 @@ def init_cache(cfg: ModelConfig, batch: int, max_length: int, starts: Array | No
 class RMSNorm(nnx.Module):
     def __init__(self, dim: int, eps: float, *, param_dtype, rngs: nnx.Rngs):
         self.eps = eps
-        self.scale = _param(rngs, (dim,), ("norm",), param_dtype, init="ones")
+        self.scale = declare_param(rngs, (dim,), ("norm",), param_dtype, init="ones")
 
     def __call__(self, x: Array) -> Array:
         xf = x.astype(jnp.float32)
@@ -175,10 +164,10 @@ class Attention(nnx.Module):
         d, h, kv, e = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head
         pd = jnp.dtype(cfg.param_dtype)
         self.cfg = cfg
-        self.q_proj = _Proj(rngs, (d, h, e), ("embed", "heads", "head_dim"), pd, bias=cfg.qkv_bias)
-        self.k_proj = _Proj(rngs, (d, kv, e), ("embed", "kv_heads", "head_dim"), pd, bias=cfg.qkv_bias)
-        self.v_proj = _Proj(rngs, (d, kv, e), ("embed", "kv_heads", "head_dim"), pd, bias=cfg.qkv_bias)
-        self.o_proj = _Proj(rngs, (h, e, d), ("heads", "head_dim", "embed"), pd, bias=cfg.o_bias, bias_axes=2)
+        self.q_proj = Projection(rngs, (d, h, e), ("embed", "heads", "head_dim"), pd, bias=cfg.qkv_bias)
+        self.k_proj = Projection(rngs, (d, kv, e), ("embed", "kv_heads", "head_dim"), pd, bias=cfg.qkv_bias)
+        self.v_proj = Projection(rngs, (d, kv, e), ("embed", "kv_heads", "head_dim"), pd, bias=cfg.qkv_bias)
+        self.o_proj = Projection(rngs, (h, e, d), ("heads", "head_dim", "embed"), pd, in_axes=2, bias=cfg.o_bias)
 
     def __call__(self, x: Array, positions: Array, inv_freq: Array, mask: Array, kv_cache=None):
         """x [b, t, d] -> ([b, t, d], new (k, v) layer cache or None)."""
@@ -203,26 +192,12 @@ class Attention(nnx.Module):
         return self.o_proj("bthe,hed->btd", out), kv_cache
 
 
-class _Proj(nnx.Module):
-    """An einsum projection with an optional bias over its trailing output axes."""
-
-    def __init__(self, rngs, shape, axes, dtype, *, bias: bool, bias_axes: int = 1):
-        self.kernel = _param(rngs, shape, axes, dtype)
-        self.bias = _param(rngs, shape[bias_axes:], axes[bias_axes:], dtype, init="zeros") if bias else None
-
-    def __call__(self, spec: str, x: Array) -> Array:
-        y = jnp.einsum(spec, x, self.kernel[...].astype(x.dtype))
-        if self.bias is not None:
-            y = y + self.bias[...].astype(x.dtype)
-        return y
-
-
 class MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, f, pd = cfg.hidden_size, cfg.intermediate_size, jnp.dtype(cfg.param_dtype)
-        self.gate_proj = _Proj(rngs, (d, f), ("embed", "mlp"), pd, bias=False)
-        self.up_proj = _Proj(rngs, (d, f), ("embed", "mlp"), pd, bias=False)
-        self.down_proj = _Proj(rngs, (f, d), ("mlp", "embed"), pd, bias=False)
+        self.gate_proj = Projection(rngs, (d, f), ("embed", "mlp"), pd)
+        self.up_proj = Projection(rngs, (d, f), ("embed", "mlp"), pd)
+        self.down_proj = Projection(rngs, (f, d), ("mlp", "embed"), pd)
 
     def __call__(self, x: Array) -> Array:
         gate = self.gate_proj("btd,df->btf", x)
@@ -254,11 +229,11 @@ class Transformer(nnx.Module):
         pd = jnp.dtype(cfg.param_dtype)
         self.cfg = cfg
         self.embed = nnx.Module()
-        self.embed.embedding = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), pd)
+        self.embed.embedding = declare_param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), pd)
         self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
         self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=pd, rngs=rngs)
         if not cfg.tie_word_embeddings:
-            self.lm_head = _Proj(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pd, bias=False)
+            self.lm_head = Projection(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pd)
 
     def __call__(
         self,
@@ -304,7 +279,10 @@ class Transformer(nnx.Module):
 
         x = constrain(jnp.take(self.embed.embedding[...], tokens, axis=0).astype(dtype), ("batch", "length", "embed"))
         new_k, new_v = [], []
-        for i, layer in enumerate(self.layers):
+        scanned = cfg.scan_layers and cache is None
+        if scanned:
+            x = _scan_layers(self.layers, x, positions, inv_freq, mask, remat)
+        for i, layer in enumerate([] if scanned else self.layers):
             layer_cache = None if cache is None else (cache.k[i], cache.v[i], cache.length)
             if remat is not None and cache is None:
                 policy = None if remat is True else remat
@@ -359,6 +337,34 @@ class ExternalCache:
       stores the new keys/values and attends over the cached ones; `view.cache` is the
       updated whole cache.
     """
+
+
+def _scan_layers(layers, x: Array, positions: Array, inv_freq: Array, mask: Array, remat: Any) -> Array:
+    """The layers as one `lax.scan` over their stacked parameters (one compiled body).
+
+    The parameters stay one module per layer (the checkpoint layout); they are stacked
+    here, inside the traced step, so the program holds one copy of a layer's code
+    whatever the depth. Costs a stacked copy of the layer weights (and of their
+    gradients) in temporaries.
+    """
+    graphdef, first = nnx.split(layers[0])
+    states = [first] + [nnx.split(layer)[1] for layer in layers[1:]]
+    for i, layer in enumerate(layers[1:], 1):
+        if nnx.graphdef(layer) != graphdef:
+            raise ValueError(f"scan_layers needs identical layers; layer {i} differs from layer 0 "
+                             "(e.g. LoRA targets or quantization on some layers only)")
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+    def body(h, state):
+        def run(state, h):
+            return nnx.merge(graphdef, state)(h, positions, inv_freq, mask)[0]
+
+        if remat is not None:
+            run = jax.checkpoint(run, policy=None if remat is True else remat)
+        return constrain(run(state, h), ("batch", "length", "embed")), None
+
+    x, _ = jax.lax.scan(body, x, stacked)
+    return x
 
 
 def _train_mask(t: int, segment_ids: Array | None, window: int, b: int) -> Array:

@@ -1,31 +1,29 @@
-"""Meshes, logical-axis sharding rules and ZeRO / tensor-parallel presets."""
+"""Meshes, logical-axis sharding rules, ZeRO / tensor-parallel presets and the `ShardingPlan`."""
 
 from puyu_jax.parallel.sharding import (
+    COMPONENTS,
     MESH_AXES,
     PRESETS,
     ParallelConfig,
+    ShardingPlan,
     ShardingRules,
-    activation_rules,
-    activation_sharding,
-    batch_sharding,
     build_mesh,
     constrain,
+    mesh_sizes,
     per_device_bytes,
     preset_rules,
-    tree_shardings,
 )
 
 __all__ = [
+    "COMPONENTS",
     "MESH_AXES",
     "PRESETS",
     "ParallelConfig",
+    "ShardingPlan",
     "ShardingRules",
-    "activation_rules",
-    "activation_sharding",
-    "batch_sharding",
     "build_mesh",
     "constrain",
+    "mesh_sizes",
     "per_device_bytes",
     "preset_rules",
-    "tree_shardings",
 ]

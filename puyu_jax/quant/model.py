@@ -33,6 +33,7 @@ from flax import nnx
 from puyu_jax.kernels.int4_matmul import int4_matmul
 from puyu_jax.models.config import ModelConfig
 from puyu_jax.models.params import abstract_model
+from puyu_jax.models.projection import Projection
 from puyu_jax.models.transformer import Transformer
 from puyu_jax.quant.int4 import Int4Weight, quantize_int4
 
@@ -161,8 +162,6 @@ def quantize_model(
 
 def dequantized_model(model: Transformer) -> Transformer:
     """A float model whose kernels are the int4 model's dequantized weights (for comparisons)."""
-    from puyu_jax.models.transformer import _Proj
-
     out = shallow_copy(model)
     for name in target_kernels(model.cfg):
         path = name.split("/")[:-1]
@@ -172,8 +171,8 @@ def dequantized_model(model: Transformer) -> Transformer:
             continue
         w: Int4Weight = proj.kernel.get_value()
         has_bias = proj.bias is not None
-        fp = nnx.eval_shape(lambda: _Proj(nnx.Rngs(0), w.shape, (None,) * len(w.shape), jnp.float32,
-                                          bias=has_bias, bias_axes=w.n_in))
+        fp = nnx.eval_shape(lambda: Projection(nnx.Rngs(0), w.shape, (None,) * len(w.shape), jnp.float32,
+                                               in_axes=w.n_in, bias=has_bias))
         fp.kernel.set_value(w.dequantize(jnp.dtype(model.cfg.param_dtype)))
         if has_bias:
             fp.bias.set_value(proj.bias.get_value())
@@ -272,12 +271,12 @@ def load_quantized(directory: str | os.PathLike, *, dtype: str | None = None, im
       impl: `int4_matmul` implementation.
 
     Returns:
-      `puyu_jax.pretrained.Pretrained` (cfg, int4 model, tokenizer or None, source).
+      `puyu_jax.models.params.Pretrained` (cfg, int4 model, tokenizer or None, source).
     """
     from safetensors.numpy import load_file
 
     from puyu_jax.checkpoint import model_config_from_dict
-    from puyu_jax.pretrained import Pretrained
+    from puyu_jax.models.params import Pretrained
 
     d = Path(directory)
     meta = read_quant_yaml(d)

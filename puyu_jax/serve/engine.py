@@ -205,7 +205,6 @@ class LLMEngine:
         group = self.groups.pop(request_id, None)
         if group is None:
             return
-        group.aborted = True
         for seq in group.seqs:
             if not seq.finished:
                 self.scheduler.remove(seq)

@@ -6,9 +6,10 @@ token per row. Shapes are padded to power-of-two buckets (rows, new tokens per r
 blocks per row, penalty history), so a serving process compiles a bounded set of
 programs during warm-up and never again in steady state.
 
-Under tensor parallelism the parameters are placed with the training rule table's
-`tp` preset (heads, kv_heads, mlp and vocab over the `tensor` mesh axis) and the pool
-is sharded over its kv-head axis; XLA inserts the collectives.
+Under tensor parallelism the parameters are placed by `ShardingPlan.serving(tp)` (the
+training `tp` tables: heads, kv_heads, mlp and vocab over the `tensor` mesh axis; heads
+that `tp` does not divide stay replicated) and the pool is sharded over its kv-head axis;
+XLA inserts the collectives.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from puyu_jax.models.logprobs import token_logprobs
 from puyu_jax.models.transformer import Transformer
-from puyu_jax.parallel.sharding import ParallelConfig, build_mesh, preset_rules
+from puyu_jax.parallel.sharding import ShardingPlan
 from puyu_jax.serve.kv_cache import PagedBatch, PagedKVCache, copy_blocks, init_paged_cache
 from puyu_jax.serve.sampling import SamplingArrays, SamplingFlags, sample
 
@@ -146,50 +147,45 @@ class Row:
     score_targets: list[int] | None = None  # ... against which next-token ids
 
 
-def tp_state_shardings(state: nnx.State, mesh: jax.sharding.Mesh):
-    """NamedShardings of a model state under the `tp` rule table (heads, kv_heads, mlp and vocab
-    over `tensor`); leaves without logical axes (e.g. int4 weights) stay replicated."""
-    rules, _ = preset_rules("tp")
+def tp_state_shardings(state: nnx.State, plan: ShardingPlan):
+    """NamedShardings of a model state under the serving plan (heads, kv_heads, mlp and vocab
+    over `tensor` where they divide); leaves without logical axes (e.g. int4 weights) stay replicated."""
     logical = nnx.get_partition_spec(state)
 
     def one(spec, x):
         if jax.tree.leaves(x) != [x]:  # a structured value (an Int4Weight's arrays): replicated
-            return jax.tree.map(lambda a: NamedSharding(mesh, P()), x)
+            return jax.tree.map(lambda a: plan.replicated, x)
         names = tuple(spec) if isinstance(spec, P) else ()
         if len(names) != len(x.shape):
             names = (None,) * len(x.shape)
-        return NamedSharding(mesh, rules.spec(names, x.shape, mesh))
+        return plan.sharding("params", names, tuple(x.shape))
 
     # `logical` has one spec per Variable; the state may hold a pytree there (int4 weights).
     return jax.tree.map(one, logical, state, is_leaf=lambda s: isinstance(s, P) or s is None)
 
 
-def tp_pool_sharding(cfg, mesh: jax.sharding.Mesh, ndim: int) -> NamedSharding:
+def tp_pool_sharding(cfg, plan: ShardingPlan, ndim: int) -> NamedSharding:
     """Sharding of one layer's KV pages (ndim 4) or scales (ndim 3): kv heads over `tensor`."""
-    rules, _ = preset_rules("tp")
-    return NamedSharding(mesh, rules.spec(("kv_heads",) + (None,) * (ndim - 1),
-                                          (cfg.num_kv_heads,) + (1,) * (ndim - 1), mesh))
+    return plan.sharding("params", ("kv_heads",) + (None,) * (ndim - 1), (cfg.num_kv_heads,) + (1,) * (ndim - 1))
 
 
 class ModelRunner:
     """Owns the parameters, the KV pool and the compiled steps."""
 
     def __init__(self, model: Transformer, *, num_blocks: int, block_size: int, kv_dtype: str = "auto",
-                 tp: int = 1, attention_impl: str = "auto", max_blocks_per_seq: int = 0):
+                 tp: int = 1, attention_impl: str = "auto"):
         self.cfg = model.cfg
         self.block_size = block_size
         self.num_blocks = num_blocks
-        self.max_blocks_per_seq = max_blocks_per_seq or num_blocks
         self.impl = attention_impl
         self.window = self.cfg.sliding_window or 0
         self.graphdef, state = nnx.split(model)
         self.mesh = None
         if tp > 1:
-            if tp > len(jax.devices()):
-                raise ValueError(f"tp={tp} but only {len(jax.devices())} devices are visible")
-            self.mesh = build_mesh(ParallelConfig(preset="tp", data=1, tensor=tp), jax.devices()[:tp])
-            state = jax.device_put(state, tp_state_shardings(state, self.mesh))
-            pool = functools.partial(tp_pool_sharding, self.cfg, self.mesh)
+            plan = ShardingPlan.serving(tp)
+            self.mesh = plan.mesh
+            state = jax.device_put(state, tp_state_shardings(state, plan))
+            pool = functools.partial(tp_pool_sharding, self.cfg, plan)
             self.kv = init_paged_cache(self.cfg, num_blocks, block_size, kv_dtype, sharding=pool)
             self._replicated = NamedSharding(self.mesh, P())
         else:

@@ -103,7 +103,6 @@ class SequenceGroup:
     seed: int
     metrics: RequestMetrics
     seqs: list[Sequence] = field(default_factory=list)
-    aborted: bool = False
     prompt_logprobs: list | None = None
     # raw prompt scores [len(prompt)] (NaN / False where not scored): log-prob, was-argmax
     prompt_scores: tuple | None = None
@@ -120,10 +119,6 @@ class ScheduledBatch:
     prefill: list[tuple[Sequence, int]] = field(default_factory=list)  # (sequence, new tokens)
     decode: list[Sequence] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
-
-    @property
-    def empty(self) -> bool:
-        return not self.prefill and not self.decode
 
 
 class Scheduler:

@@ -30,14 +30,7 @@ from flax import nnx
 from puyu_jax.models.config import ModelConfig
 from puyu_jax.models.logprobs import token_logprobs
 from puyu_jax.models.params import abstract_model, init_model, logical_axes, param_shapes, to_flat
-from puyu_jax.parallel.sharding import (
-    activation_rules,
-    activation_sharding,
-    batch_sharding,
-    build_mesh,
-    preset_rules,
-    tree_shardings,
-)
+from puyu_jax.parallel.sharding import ShardingPlan
 from puyu_jax.train.config import OptimizerConfig, TrainConfig
 
 REMAT_POLICIES = {
@@ -117,23 +110,93 @@ class Adapter(Protocol):
 
     def trainable_axes(self) -> dict[str, tuple[str | None, ...]]: ...
 
-    def frozen_shardings(self, mesh: jax.sharding.Mesh, rules) -> Any: ...  # pytree like `frozen`
+    def frozen_shardings(self, plan: ShardingPlan) -> Any: ...  # pytree like `frozen` (params rules)
 
     def init(self, seed: int) -> dict[str, jax.Array]: ...  # trainable params (traceable)
 
     def bind(self, graphdef, template: nnx.State, frozen: Any, trainable: dict, rng: jax.Array | None): ...
 
 
+@dataclass(frozen=True)
+class StepContext:
+    """What the pure step closes over (static under jit): config, plan, optimizer, model graph."""
+
+    cfg: TrainConfig
+    plan: ShardingPlan
+    tx: optax.GradientTransformation
+    graphdef: Any
+    template: nnx.State
+    grad_shardings: dict
+    adapter: Adapter | None = None
+
+
+def train_step(ctx: StepContext, state: dict, batch: dict[str, jax.Array], frozen: Any = None):
+    """One optimizer step: `(state, batch[, frozen]) -> (state, metrics)`; pure, jit-able.
+
+    Gradients of the `grad_accum` micro-batches are accumulated in fp32 in the plan's
+    gradient sharding (replicated: all-reduced; sharded: reduce-scattered), averaged per
+    target token, clipped and applied by AdamW; a non-finite loss or gradient norm
+    leaves params and optimizer state unchanged and counts a skip.
+    """
+    cfg, adapter = ctx.cfg, ctx.adapter
+    remat = REMAT_POLICIES[cfg.remat]
+    schedule = lr_schedule(cfg.optimizer, cfg.steps)
+
+    def micro(params, mb, rng):
+        with ctx.plan.activations():
+            if adapter is None:
+                model = bind(ctx.graphdef, ctx.template, params)
+            else:
+                model = adapter.bind(ctx.graphdef, ctx.template, frozen, params, rng)
+            loss_sum, z_sum, n = token_loss(model, mb, cfg.z_loss, remat)
+        return loss_sum + cfg.z_loss * z_sum, (loss_sum, n)
+
+    grad_fn = jax.grad(micro, has_aux=True)
+    params = state["params"]
+    rng = jax.random.fold_in(jax.random.key(cfg.seed), state["step"])
+
+    def body(carry, xs):
+        mb, i = xs
+        g_acc, loss_acc, n_acc = carry
+        g, (loss_sum, n) = grad_fn(params, mb, jax.random.fold_in(rng, i))
+        g = jax.lax.with_sharding_constraint(g, ctx.grad_shardings)
+        g_acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
+        return (g_acc, loss_acc + loss_sum, n_acc + n), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    zeros = jax.lax.with_sharding_constraint(zeros, ctx.grad_shardings)
+    micro_ids = jnp.arange(batch["tokens"].shape[0])
+    (grads, loss_sum, n), _ = jax.lax.scan(body, (zeros, jnp.float32(0), jnp.float32(0)), (batch, micro_ids))
+    n = jnp.maximum(n, 1.0)
+    grads = jax.tree.map(lambda g: g / n, grads)
+    loss = loss_sum / n
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt = ctx.tx.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    # NaN/Inf guard: keep the old params and optimizer state, count the skip.
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+    new_state = {
+        "params": keep(new_params, params),
+        "opt_state": keep(new_opt, state["opt_state"]),
+        "step": state["step"] + 1,
+        "skipped": state["skipped"] + (~finite).astype(jnp.int32),
+    }
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]),
+               "tokens": n, "finite": finite}
+    return new_state, metrics
+
+
 @dataclass
 class Trainer:
-    """Holds what the pure step closes over: mesh, shardings, graphdef, optimizer.
+    """Holds what the pure step closes over: the sharding plan, graphdef, optimizer.
 
     With an adapter, `state["params"]` holds only the trainable parameters (so do the
     optimizer state and checkpoints) and `frozen` the sharded frozen base.
     """
 
     cfg: TrainConfig
-    mesh: jax.sharding.Mesh
+    plan: ShardingPlan
     tx: optax.GradientTransformation
     graphdef: Any
     template: nnx.State
@@ -145,11 +208,15 @@ class Trainer:
     frozen_shardings: Any = None
     frozen: Any = None  # the adapter's frozen base, placed in frozen_shardings
 
+    @property
+    def mesh(self) -> jax.sharding.Mesh:
+        return self.plan.mesh
+
     @classmethod
     def create(cls, cfg: TrainConfig, devices: list | None = None, adapter: Adapter | None = None) -> "Trainer":
         """A Trainer for `cfg`; with `adapter`, only the adapter's parameters are trained."""
-        mesh = build_mesh(cfg.parallel, devices)
-        param_rules, state_rules = preset_rules(cfg.parallel.preset)
+        plan = ShardingPlan.build(cfg.parallel, devices)
+        plan.check_batch(cfg.batch_size // cfg.grad_accum, "micro-batch (batch_size / grad_accum)")
         if adapter is None:
             axes = logical_axes(cfg.model)
             dtypes = {k: (v.shape, jnp.dtype(cfg.model.param_dtype)) for k, v in param_shapes(cfg.model).items()}
@@ -159,21 +226,21 @@ class Trainer:
             dtypes = {k: (v.shape, v.dtype) for k, v in adapter.trainable_shapes().items()}
             graphdef, template = nnx.split(adapter.abstract_model(cfg.model), nnx.Param)
         shapes = {k: s for k, (s, _) in dtypes.items()}
-        p_shard = tree_shardings(axes, shapes, param_rules, mesh)
-        g_shard = tree_shardings(axes, shapes, state_rules, mesh)
+        p_shard = plan.shardings("params", axes, shapes)
+        g_shard = plan.shardings("grads", axes, shapes)
+        o_shard = plan.shardings("opt_state", axes, shapes)
         tx = make_optimizer(cfg.optimizer, cfg.steps)
         abstract_params = {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in dtypes.items()}
         abstract_opt = jax.eval_shape(tx.init, abstract_params)
-        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        opt_shard = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, g_shard,
-                                          transform_non_params=lambda _: replicated)
-        state_shardings = {"params": p_shard, "opt_state": opt_shard, "step": replicated, "skipped": replicated}
-        bsh = batch_sharding(mesh, param_rules, ndim=3)
-        bsh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, *bsh.spec[:2]))
-        trainer = cls(cfg, mesh, tx, graphdef, template, p_shard, g_shard, state_shardings, bsh)
+        opt_shard = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, o_shard,
+                                          transform_non_params=lambda _: plan.replicated)
+        state_shardings = {"params": p_shard, "opt_state": opt_shard, "step": plan.replicated,
+                           "skipped": plan.replicated}
+        bsh = plan.batch_sharding(ndim=3, leading=1)  # [grad_accum, micro_batch, seq]
+        trainer = cls(cfg, plan, tx, graphdef, template, p_shard, g_shard, state_shardings, bsh)
         if adapter is not None:
             trainer.adapter = adapter
-            trainer.frozen_shardings = adapter.frozen_shardings(mesh, param_rules)
+            trainer.frozen_shardings = adapter.frozen_shardings(plan)
             trainer.frozen = jax.device_put(adapter.frozen, trainer.frozen_shardings)
         return trainer
 
@@ -231,63 +298,13 @@ class Trainer:
 
     @functools.cached_property
     def jit_step(self):
-        """The jit'd step itself: `(state, batch)`, or `(state, batch, frozen)` with an adapter."""
-        cfg = self.cfg
-        remat = REMAT_POLICIES[cfg.remat]
-        act_rules = activation_rules(cfg.parallel.preset)
-        schedule = lr_schedule(cfg.optimizer, cfg.steps)
-        adapter = self.adapter
-
-        def micro(params, mb, frozen, rng):
-            with activation_sharding(self.mesh, act_rules):
-                if adapter is None:
-                    model = bind(self.graphdef, self.template, params)
-                else:
-                    model = adapter.bind(self.graphdef, self.template, frozen, params, rng)
-                loss_sum, z_sum, n = token_loss(model, mb, cfg.z_loss, remat)
-            return loss_sum + cfg.z_loss * z_sum, (loss_sum, n)
-
-        grad_fn = jax.grad(micro, has_aux=True)
-
-        def step(state, batch, frozen=None):
-            params = state["params"]
-            rng = jax.random.fold_in(jax.random.key(cfg.seed), state["step"])
-
-            def body(carry, xs):
-                mb, i = xs
-                g_acc, loss_acc, n_acc = carry
-                g, (loss_sum, n) = grad_fn(params, mb, frozen, jax.random.fold_in(rng, i))
-                g = jax.lax.with_sharding_constraint(g, self.grad_shardings)
-                g_acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
-                return (g_acc, loss_acc + loss_sum, n_acc + n), None
-
-            zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-            zeros = jax.lax.with_sharding_constraint(zeros, self.grad_shardings)
-            micro_ids = jnp.arange(batch["tokens"].shape[0])
-            (grads, loss_sum, n), _ = jax.lax.scan(body, (zeros, jnp.float32(0), jnp.float32(0)), (batch, micro_ids))
-            n = jnp.maximum(n, 1.0)
-            grads = jax.tree.map(lambda g: g / n, grads)
-            loss = loss_sum / n
-            grad_norm = optax.tree.norm(grads)
-            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-            updates, new_opt = self.tx.update(grads, state["opt_state"], params)
-            new_params = optax.apply_updates(params, updates)
-            # NaN/Inf guard: keep the old params and optimizer state, count the skip.
-            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-            new_state = {
-                "params": keep(new_params, params),
-                "opt_state": keep(new_opt, state["opt_state"]),
-                "step": state["step"] + 1,
-                "skipped": state["skipped"] + (~finite).astype(jnp.int32),
-            }
-            metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]),
-                       "tokens": n, "finite": finite}
-            return new_state, metrics
-
+        """`train_step` jit'd: `(state, batch)`, or `(state, batch, frozen)` with an adapter."""
+        ctx = StepContext(self.cfg, self.plan, self.tx, self.graphdef, self.template, self.grad_shardings,
+                          self.adapter)
         in_shardings = (self.state_shardings, self.batch_sharding)
-        if adapter is not None:
+        if self.adapter is not None:
             in_shardings += (self.frozen_shardings,)
-        return jax.jit(step, in_shardings=in_shardings,
+        return jax.jit(functools.partial(train_step, ctx), in_shardings=in_shardings,
                        out_shardings=(self.state_shardings, None), donate_argnums=(0,))
 
     def shard_batch(self, batch: dict[str, Any]) -> dict[str, jax.Array]:

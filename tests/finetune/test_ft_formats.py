@@ -4,13 +4,14 @@ import json
 
 import pytest
 
+from puyu_jax.assets import IDENTITY_SFT
 from puyu_jax.finetune.formats import convert_record, detect_format, load_dataset
 
 from conftest import DATA
 
 
 @pytest.mark.parametrize("name, fmt, n", [
-    ("identity.json", "alpaca", 40), ("glaive_toolcall_en.json", "sharegpt", 24), ("v1_sft_demo.jsonl", "openai", 30),
+    (str(IDENTITY_SFT), "alpaca", 40), ("glaive_toolcall_en.json", "sharegpt", 24), ("v1_sft_demo.jsonl", "openai", 30),
     ("reason_tool_use.jsonl", "openai", 10), ("moss.jsonl", "moss", 4), ("oasst.jsonl", "oasst", 4),
 ])
 def test_shipped_samples_load_without_errors(name, fmt, n):

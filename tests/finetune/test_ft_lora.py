@@ -11,7 +11,7 @@ from puyu_jax.config import load_config
 from puyu_jax.finetune.lora import (
     LoRAAdapter, LoRAConfig, init_lora, lora_model, lora_transformer, merge_lora, quantize_base, target_kernels,
 )
-from puyu_jax.finetune.nf4 import NF4Tensor
+from puyu_jax.quant.nf4 import NF4Tensor
 from puyu_jax.models import from_flat, init_model, to_flat
 from puyu_jax.train.config import TrainConfig
 from puyu_jax.train.step import Trainer

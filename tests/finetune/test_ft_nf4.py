@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from puyu_jax.finetune.nf4 import NF4_TABLE, nf4_bytes_per_param, nf4_levels, quantize_nf4
+from puyu_jax.quant.nf4 import NF4_TABLE, nf4_bytes_per_param, nf4_levels, quantize_nf4
 
 # bitsandbytes' published NF4 values (QLoRA paper, Appendix E / bitsandbytes functional.py).
 PUBLISHED = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from puyu_jax.assets import IDENTITY_SFT
 from puyu_jax.config import load_config
 from puyu_jax.finetune.cli import add_parser
 from puyu_jax.finetune.config import FinetuneConfig
@@ -24,7 +25,7 @@ def _cli(*argv) -> int:
 def _cfg(model, out, **over):
     base = {"model": str(model), "mode": "lora", "out_dir": str(out), "steps": 6, "batch_size": 4, "log_every": 3,
             "parallel": {"data": 1}, "tensorboard": False,
-            "data": {"path": str(DATA / "identity.json"), "seq_len": 128, "substitutions": {"{{name}}": "Puyu"}},
+            "data": {"path": str(IDENTITY_SFT), "seq_len": 128, "substitutions": {"{{name}}": "Puyu"}},
             "lora": {"rank": 4, "alpha": 8.0, "dropout": 0.05}, "optimizer": {"lr": 1e-2, "warmup_steps": 1}}
     return load_config(FinetuneConfig, base, [f"{k}={v}" for k, v in over.items()])
 

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from puyu_jax.assets import IDENTITY_SFT
 from puyu_jax.finetune.formats import load_dataset
 from puyu_jax.finetune.sft import build_sft_data, encode_sample, pack_examples, preview, resolve_template, sft_loader
 from puyu_jax.train.step import token_loss
@@ -51,7 +52,7 @@ def test_packing_segments_positions_and_mask():
 
 
 def test_build_data_and_loader(smollm2_tok):
-    rows, st = build_sft_data(str(DATA / "identity.json"), smollm2_tok, resolve_template(smollm2_tok), seq_len=256)
+    rows, st = build_sft_data(str(IDENTITY_SFT), smollm2_tok, resolve_template(smollm2_tok), seq_len=256)
     assert st.samples == 40 and st.bad_records == 0 and st.sequences == len(rows) < 40 and st.fill > 0.5
     it = sft_loader(rows, 4, seed=0)
     b = next(it)

@@ -8,8 +8,9 @@ nibble). The absmax scales are themselves quantized (double quantization): their
 subtracted and the rest stored as int8 in blocks of `scale_block` (256), each with an fp32
 scale. Storage: 0.5 + 1/64 + 4/(64*256) bytes per parameter (~0.516).
 
-`NF4Tensor.dequantize` is plain jnp and runs inside the jit'd forward, right before the
-matmul that uses the weight.
+`NF4Tensor` is a `PackedWeight`: a `Projection` whose kernel holds one dequantizes it
+(plain jnp, inside the jit'd forward) right before the matmul that uses it. QLoRA
+(`puyu_jax.finetune.lora`) stores its frozen base this way.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from puyu_jax.models.projection import PackedWeight
 
 #: bitsandbytes' NF4 levels (bitsandbytes/functional.py, `get_4bit_type("nf4")`).
 NF4_TABLE = np.array([
@@ -43,7 +46,7 @@ def nf4_levels(offset: float = 0.9677083) -> np.ndarray:
 
 
 @flax.struct.dataclass
-class NF4Tensor:
+class NF4Tensor(PackedWeight):
     """A weight of `shape` stored as packed NF4 codes with double-quantized block scales."""
 
     codes: jax.Array  # uint8 [ceil(n / 2)], two 4-bit codes per byte
