@@ -25,6 +25,7 @@ from puyu_jax.serve.block_manager import BlockManager, block_hashes
 from puyu_jax.serve.config import MAX_TOP_LOGPROBS, EngineConfig, GenerationConfig
 from puyu_jax.serve.detokenize import update_text
 from puyu_jax.serve.errors import PromptTooLongError, QueueFullError
+from puyu_jax.serve.guided import Guides, allocate_bitmask
 from puyu_jax.serve.kv_cache import kv_bytes_per_block
 from puyu_jax.serve.outputs import CompletionOutput, EngineStats, RequestMetrics, RequestOutput, TokenLogprob
 from puyu_jax.serve.runner import ModelRunner, Row
@@ -65,6 +66,16 @@ class LLMEngine:
         # the tokenizer knows the chat template's turn end as well as the model's EOS
         eos = tokenizer.eos_ids if tokenizer is not None else (self.model_config.eos_token_id,)
         self.eos_ids = frozenset(int(i) for i in eos)
+        self._guides: Guides | None = None  # built on the first constrained request
+
+    @property
+    def guides(self) -> Guides:
+        """Compiles and caches this engine's grammar constraints (see `serve/guided.py`)."""
+        if self._guides is None:
+            if self.tokenizer is None:
+                raise ValueError("constrained decoding (json_schema, regex, choice, grammar) needs a tokenizer")
+            self._guides = Guides.for_tokenizer(self.tokenizer, self.model_config.vocab_size, self.eos_ids)
+        return self._guides
 
     @classmethod
     def from_pretrained(cls, source: str, config: EngineConfig = EngineConfig()) -> "LLMEngine":
@@ -107,12 +118,14 @@ class LLMEngine:
                 f"({self.blocks.num_blocks - 1} x {self.config.block_size})", "max_tokens")
         if len(self.scheduler.waiting) >= self.config.max_waiting:
             raise QueueFullError(f"{len(self.scheduler.waiting)} requests are waiting; try again later")
+        guide = self.guides.guide(gen) if gen.guide is not None and gen.max_new_tokens else None  # ValueError if bad
         seed = gen.seed if gen.seed is not None else int(self._rng.integers(0, 2**63))
         metrics = RequestMetrics(arrival_time=arrival_time or time.time(), num_prompt_tokens=len(prompt_ids))
         group = SequenceGroup(request_id, prompt_ids, gen, seed, metrics)
         if gen.prompt_logprobs is not None:
             group.prompt_logprobs = self._prompt_logprobs(prompt_ids, gen.prompt_logprobs)
         seq = self._new_seq(group, 0, list(prompt_ids))
+        seq.guide = guide
         seq.fork_pending = gen.n > 1
         if gen.max_new_tokens == 0:  # scoring only: done once the prompt is scored
             for index in range(1, gen.n):
@@ -220,7 +233,7 @@ class LLMEngine:
                 history=seq.token_ids if g.uses_penalties else None, num_prompt=seq.num_prompt,
             ))
         flags = flags_for([s.group.gen for s, _ in work])
-        result = self.runner.step(rows, flags)
+        result = self.runner.step(rows, flags, self._bitmask(work))
         now = time.time()
         for i, (seq, n) in enumerate(work):
             seq.num_computed += n
@@ -233,6 +246,20 @@ class LLMEngine:
             token = int(result["tokens"][i])
             self._append(seq, token, result, i, now)
             progressed[seq.group.request_id] = seq.group
+
+    def _bitmask(self, work: list[tuple[Sequence, int]]):
+        """Constrained decoding: the allowed-token bitmask of the rows that sample a token this step
+        (all ones for free rows and prompt chunks), or None when no row is constrained. An engine that
+        decodes several steps per call must run a batch holding a constrained row one step at a time:
+        each mask depends on the token sampled just before."""
+        guided = [(i, seq) for i, (seq, n) in enumerate(work)
+                  if seq.guide is not None and seq.num_computed + n == len(seq.token_ids)]
+        if not guided:
+            return None
+        bitmask = allocate_bitmask(len(work), self.model_config.vocab_size)
+        for i, seq in guided:
+            seq.guide.fill(bitmask, i)
+        return bitmask
 
     def _register_blocks(self, seq: Sequence) -> None:
         bs = self.blocks.block_size
@@ -255,6 +282,7 @@ class LLMEngine:
         copies = []
         for index in range(1, group.gen.n):
             child = self._new_seq(group, index, list(seq.token_ids))
+            child.guide = seq.guide.fork() if seq.guide is not None else None
             child.num_computed = seq.num_computed
             shared = seq.block_table[:n_full]
             self.blocks.share(shared)
@@ -296,6 +324,9 @@ class LLMEngine:
         if token in gen.stop_token_ids:
             return self._finish(seq, "stop", token)
         if not gen.ignore_eos and token in self.eos_ids:
+            return self._finish(seq, "stop", token)
+        # constrained: the grammar offered only allowed tokens; it refuses one only past its end (ignore_eos)
+        if seq.guide is not None and (not seq.guide.accept(token) or seq.guide.terminated):
             return self._finish(seq, "stop", token)
         if len(out_ids) >= gen.max_new_tokens or len(seq.token_ids) >= self.max_model_len:
             return self._finish(seq, "length", None)

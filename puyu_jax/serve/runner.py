@@ -36,12 +36,13 @@ def bucket(n: int, minimum: int = 1) -> int:
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "flags", "window", "impl", "mesh"), donate_argnames=("kv",))
 def _step(graphdef, state, kv: PagedKVCache, tokens, positions, slots, block_tables, lengths, logits_index,
-          sampling: SamplingArrays, *, flags: SamplingFlags, window: int, impl: str, mesh=None):
+          sampling: SamplingArrays, bitmask=None, *, flags: SamplingFlags, window: int, impl: str, mesh=None):
     model = nnx.merge(graphdef, state)
     batch = PagedBatch(kv, positions, slots, block_tables, lengths, logits_index, window=window, attention_impl=impl,
                        mesh=mesh)
     logits, batch = model(tokens, cache=batch, last_only=True)
-    return sample(logits[:, 0], sampling, flags), batch.kv
+    # bitmask: constrained decoding's allowed tokens per row, or None (a batch of free rows compiles no mask)
+    return sample(logits[:, 0], sampling, flags, bitmask), batch.kv
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "window", "impl", "top"), donate_argnames=("kv",))
@@ -185,9 +186,11 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ steps
 
-    def step(self, rows: list[Row], flags: SamplingFlags) -> dict[str, np.ndarray]:
+    def step(self, rows: list[Row], flags: SamplingFlags, bitmask: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Runs one prefill (rows with several new tokens) or decode (one token each) batch.
 
+        bitmask: optional [len(rows), ceil(vocab / 32)] int32 allowed tokens per row
+        (constrained decoding; free rows all ones), padded here to the row bucket.
         Returns numpy arrays with one entry per row: tokens, logprob (and top_ids,
         top_logprobs when flags.top_logprobs).
         """
@@ -195,9 +198,13 @@ class ModelRunner:
         t_bucket = 1 if t == 1 else bucket(t, 16)
         tokens, positions, slots, tables, lengths, last = self._layout(rows, t_bucket)
         sampling = self._sampling(rows, tokens.shape[0], flags)
+        if bitmask is not None:
+            padded = np.full((tokens.shape[0], bitmask.shape[1]), -1, np.int32)
+            padded[: len(rows)] = bitmask
+            bitmask = self._put(padded)
         out, self.kv = _step(
             self.graphdef, self.state, self.kv, *map(self._put, (tokens, positions, slots, tables, lengths, last)),
-            sampling, flags=flags, window=self.window, impl=self.impl, mesh=self.mesh,
+            sampling, bitmask, flags=flags, window=self.window, impl=self.impl, mesh=self.mesh,
         )
         out = jax.device_get(out)
         return {k: np.asarray(v)[: len(rows)] for k, v in out.items()}

@@ -53,6 +53,7 @@ class Sequence:
     emitted_logprobs: int = 0
     finish_reason: str | None = None
     stop_reason: str | int | None = None
+    guide: object | None = None  # constrained decoding: the `guided.Guide` matcher, advanced per output token
 
     @property
     def output_ids(self) -> list[int]:
