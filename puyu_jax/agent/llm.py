@@ -1,6 +1,7 @@
 """LLM backends: `chat(messages, tools=None, stop=()) -> LLMReply`.
 
-  * `LocalLLM`: a model loaded in-process (load_pretrained + chat template + Generator);
+  * `LocalLLM`: a model loaded in-process (load_pretrained + chat template + the serving engine);
+    it also takes `constraint=` (a protocol's `action_format`) and decodes under that grammar;
   * `OpenAILLM`: any OpenAI-compatible endpoint through the `openai` client (our server,
     LMDeploy, vLLM, OpenAI itself): base_url, model, api_key;
   * `ReplayLLM`: replays a fixed transcript of replies (a stand-in for a model in tests and demos).
@@ -54,6 +55,7 @@ def _flatten_for_template(messages: list[dict], template_source: str) -> list[di
 
 class LocalLLM:
     """A model run in this process. Greedy by default; generation stops at the first stop string.
+    `chat(..., constraint=...)` decodes under a structural tag (`Protocol.action_format`).
 
     Args:
       source: anything `load_pretrained` accepts (`smollm2`, a checkpoint dir, a .gguf, an HF dir).
@@ -74,6 +76,18 @@ class LocalLLM:
         self.template = template
         self.sampling = sampling if sampling is not None else SamplingConfig(max_new_tokens=256)
         self.generator = Generator(self.pre.model)
+        self._engine = None  # the serving engine, for constrained replies
+
+    accepts_constraints = True  # chat() takes constraint= (agent.core asks for constrained actions)
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            from puyu_jax.serve.config import EngineConfig
+            from puyu_jax.serve.engine import LLMEngine
+
+            self._engine = LLMEngine(self.pre.model, self.tokenizer, EngineConfig(max_num_seqs=4))
+        return self._engine
 
     def _template_stops(self) -> list[str]:
         from puyu_jax.chat_templates import stop_strings
@@ -86,8 +100,10 @@ class LocalLLM:
         eos = self.tokenizer.eos_token
         return stops + ([eos] if eos else [])
 
-    def chat(self, messages: list[dict], tools: list[dict] | None = None, stop: Sequence[str] = ()) -> LLMReply:
-        """Generates the assistant's reply to `messages` (cut at the first stop string)."""
+    def chat(self, messages: list[dict], tools: list[dict] | None = None, stop: Sequence[str] = (),
+             constraint: str | None = None) -> LLMReply:
+        """Generates the assistant's reply to `messages` (cut at the first stop string); under
+        `constraint` (a structural tag, JSON text) only replies the grammar allows."""
         from puyu_jax.chat_templates import apply_chat_template
 
         tok = self.tokenizer
@@ -95,6 +111,15 @@ class LocalLLM:
         ids = apply_chat_template(tok, _flatten_for_template(messages, source), template=self.template,
                                   tools=tools, tokenize=True)
         stops = [s for s in list(stop) + self._template_stops() if s]
+        if constraint is not None:
+            from puyu_jax.serve.config import GenerationConfig
+
+            sp = self.sampling
+            gen = GenerationConfig(max_new_tokens=sp.max_new_tokens, temperature=sp.temperature, top_k=sp.top_k,
+                                   top_p=sp.top_p, seed=sp.seed, structural_tag=constraint)
+            # the grammar ends the reply; stop strings would cut a call's closing markup
+            text = self.engine.generate([ids], gen)[0].outputs[0].text
+            return self._reply(text, tools)
         new: list[int] = []
         text = ""
         for step_tokens in self.generator.stream([ids], self.sampling, stop_ids=tok.eos_ids):
@@ -105,7 +130,10 @@ class LocalLLM:
             text = tok.decode(new, skip_special=False)
             if any(s in text for s in stops):
                 break
-        text = truncate_at(text, stops)
+        return self._reply(truncate_at(text, stops), tools)
+
+    @staticmethod
+    def _reply(text: str, tools) -> LLMReply:
         if tools:
             text, calls = parse_hermes_tool_calls(text)
             return LLMReply(text, calls)

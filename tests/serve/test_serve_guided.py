@@ -183,3 +183,18 @@ def test_guided_tool_call_tag_required_and_auto():
                                                                                required=True)))
             guide.fill(mask, 0)
             assert not set(allowed_ids(mask[0], tok.vocab_size).tolist()) & set(tok.eos_ids)
+
+
+def test_guided_pipeline(engine):
+    """The pipeline takes the constraint as a GenerationConfig or as keywords."""
+    from puyu_jax.serve.pipeline import Pipeline
+
+    pipe = Pipeline(engine)
+    r = pipe("Pick a colour:", GenerationConfig(choice=["red", "blue"], temperature=1.0, seed=0, n=3))
+    assert {c.text for c in r.choices} <= {"red", "blue"}
+    for r in pipe(["a", "b"], max_new_tokens=8, regex="[0-9]{3}"):
+        assert len(r.text) == 3 and r.text.isdigit() and r.finish_reason == "stop"
+    point = {"type": "object", "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}},
+             "required": ["x", "y"], "additionalProperties": False}
+    r = pipe("A point:", json_schema=point, max_new_tokens=40, temperature=1.0, seed=2)
+    jsonschema.validate(json.loads(r.text), point)
