@@ -37,6 +37,14 @@ def parse_hermes_tool_calls(text: str) -> tuple[str, tuple[ToolCall, ...]]:
     return _HERMES.sub("", text).strip(), tuple(calls)
 
 
+def _arguments(raw: str):
+    """A call's arguments as JSON when they parse, else the raw text (a cut-off call is shown as written)."""
+    try:
+        return json.loads(raw or "{}")
+    except json.JSONDecodeError:
+        return raw
+
+
 def _flatten_for_template(messages: list[dict], template_source: str) -> list[dict]:
     """Messages a plain chat template can render: no None content; tool calls written as Hermes
     `<tool_call>` text when the template does not render `tool_calls` itself."""
@@ -44,7 +52,7 @@ def _flatten_for_template(messages: list[dict], template_source: str) -> list[di
     for m in messages:
         m = dict(m)
         if m.get("tool_calls") and "tool_calls" not in template_source:
-            blocks = [json.dumps({"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"] or "{}")})
+            blocks = [json.dumps({"name": c["function"]["name"], "arguments": _arguments(c["function"]["arguments"])})
                       for c in m.pop("tool_calls")]
             m["content"] = ((m.get("content") or "") + "".join(f"\n<tool_call>\n{b}\n</tool_call>" for b in blocks)).strip()
         if m.get("content") is None:

@@ -162,14 +162,26 @@ class ReAct(Protocol):
     def action_format(self, tools, required=False):
         # Thought: <one line>\nAction: <tool>\nAction Input: <JSON args>   |   Thought: ...\nFinal Answer: <text>
         acts = [{"type": "sequence", "elements": [
-            {"type": "const_string", "value": f"Action: {t.spec.name}\nAction Input: "},
-            json_schema_tag(t.spec.json_schema())]} for t in tools]
+            {"type": "const_string", "value": f"Action: {t.spec.name}\nAction Input:"}, self._action_input(t)]}
+            for t in tools]
         if not required:
             acts.append({"type": "sequence", "elements": [{"type": "const_string", "value": "Final Answer: "},
-                                                          {"type": "regex", "pattern": r"[^\n]{1,400}"}]})
+                                                          {"type": "regex", "pattern": r"[^\n]+"}]})
         return json.dumps({"type": "structural_tag", "format": {"type": "sequence", "elements": [
-            {"type": "const_string", "value": "Thought: "}, {"type": "regex", "pattern": r"[^\n]{1,300}\n"},
+            # (unbounded lines: a counted repetition such as {1,300} takes xgrammar seconds to compile)
+            {"type": "const_string", "value": "Thought: "}, {"type": "regex", "pattern": r"[^\n]+\n"},
             {"type": "or", "elements": acts}]}}, ensure_ascii=False)
+
+    @staticmethod
+    def _action_input(tool) -> dict:
+        """JSON arguments valid under the tool's schema; a tool with one text parameter also takes
+        one line of plain text (as `parse` reads it), which small models write more readily."""
+        args = {"type": "sequence", "elements": [{"type": "const_string", "value": " "},
+                                                 json_schema_tag(tool.spec.json_schema())]}
+        params = tool.spec.params
+        if len(params) == 1 and params[0].type == "text":
+            return {"type": "or", "elements": [args, {"type": "regex", "pattern": r" [^\n{` ][^\n]*"}]}
+        return args
 
     def assistant_message(self, reply, parsed):
         return {"role": "assistant", "content": truncate_at(reply.text, self.stop).rstrip()}

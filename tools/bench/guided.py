@@ -12,7 +12,12 @@ Reported: output tokens/s, the wall time per step (prefill included, over the ne
 masks (xgrammar's `fill_next_token_bitmask`) per step. Warm-up (compilation of each variant) is
 run first and not counted.
 
+The second part (`--micro`) times the masking itself: the jit'd sampler over [rows, 49152]
+logits with and without a bitmask (greedy and temperature sampling), and xgrammar's mask fill
+for one row of a JSON-schema grammar, each the median of many calls.
+
     python tools/bench/guided.py --batch 1,8 --new-tokens 64
+    python tools/bench/guided.py --micro
 """
 
 from __future__ import annotations
@@ -21,11 +26,74 @@ import argparse
 import json
 import time
 
+import numpy as np
+
 
 def run(engine, prompts, gen) -> tuple[float, int]:
     t0 = time.perf_counter()
     outs = engine.generate(prompts, [gen] * len(prompts))
     return time.perf_counter() - t0, sum(len(o.outputs[0].token_ids) for o in outs)
+
+
+def micro(vocab: int = 49152, rows=(1, 8, 32), iters: int = 200) -> None:
+    """Median µs of the jit'd sampler with / without the bitmask, and of one mask fill."""
+    import statistics
+
+    import jax
+    import jax.numpy as jnp
+
+    from puyu_jax.serve.sampling import SamplingArrays, SamplingFlags, sample
+
+    def median_us(f, *a):
+        jax.block_until_ready(f(*a))
+        times = []
+        for _ in range(iters):
+            t = time.perf_counter()
+            jax.block_until_ready(f(*a))
+            times.append(time.perf_counter() - t)
+        return 1e6 * statistics.median(times)
+
+    print("| rows | sampling | no mask µs | with mask µs | mask cost µs |\n|---:|---|---:|---:|---:|")
+    for b in rows:
+        for mode, temp in (("greedy", 0.0), ("temperature 1", 1.0)):
+            s = SamplingArrays(temperature=jnp.full(b, temp), top_k=jnp.zeros(b, jnp.int32), top_p=jnp.ones(b),
+                               min_p=jnp.zeros(b), repetition_penalty=jnp.ones(b), presence_penalty=jnp.zeros(b),
+                               frequency_penalty=jnp.zeros(b), key_data=jnp.zeros((b, 2), jnp.uint32),
+                               step=jnp.zeros(b, jnp.int32), history=-jnp.ones((b, 1), jnp.int32),
+                               history_is_output=jnp.zeros((b, 1), bool))
+            flags = SamplingFlags(sample=temp > 0)
+            logits = jax.random.normal(jax.random.key(0), (b, vocab))
+            mask = jnp.asarray(np.random.default_rng(0).integers(-2**31, 2**31, (b, -(-vocab // 32))), jnp.int32)
+            free = jax.jit(lambda x, s: sample(x, s, flags))
+            masked = jax.jit(lambda x, s, m: sample(x, s, flags, m))
+            a, c = median_us(free, logits, s), median_us(masked, logits, s, mask)
+            print(f"| {b} | {mode} | {a:.0f} | {c:.0f} | {c - a:.0f} |", flush=True)
+
+
+def fill_micro(iters: int = 2000) -> None:
+    """Median µs of one xgrammar mask fill (a JSON-schema grammar, SmolLM2's vocabulary)."""
+    import statistics
+
+    from puyu_jax.models.gguf import find_smollm2_gguf
+    from puyu_jax.serve.config import GenerationConfig
+    from puyu_jax.serve.guided import Guides, allocate_bitmask
+    from puyu_jax.tokenizer import tokenizer_from_gguf
+
+    tok = tokenizer_from_gguf(find_smollm2_gguf())
+    guides = Guides.for_tokenizer(tok, tok.vocab_size, tok.eos_ids)
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}}
+    text = '{"name": "Ada Lovelace, the first programmer", "age": 36}'
+    guide = guides.guide(GenerationConfig(json_schema=schema))
+    mask = allocate_bitmask(1, tok.vocab_size)
+    times = []
+    for t in tok.encode(text):
+        for _ in range(iters // 20):
+            s = time.perf_counter()
+            guide.fill(mask, 0)
+            times.append(time.perf_counter() - s)
+        guide.accept(t)
+    print(f"xgrammar fill_next_token_bitmask, one row, JSON schema: median {1e6 * statistics.median(times):.1f} µs, "
+          f"p99 {1e6 * sorted(times)[int(0.99 * len(times))]:.1f} µs over {len(times)} fills")
 
 
 def main(argv=None) -> None:
@@ -34,7 +102,12 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", default="1,8")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--micro", action="store_true", help="time the masking alone (sampler and mask fill)")
     args = ap.parse_args(argv)
+    if args.micro:
+        micro()
+        fill_micro()
+        return
 
     from puyu_jax.serve.config import EngineConfig, GenerationConfig
     from puyu_jax.serve.engine import LLMEngine
