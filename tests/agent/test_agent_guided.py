@@ -119,7 +119,7 @@ class MultiplyAdd(Tool):
         return str(a * b + c)
 
 
-@pytest.mark.parametrize("protocol", ["react", "openai"])
+@pytest.mark.parametrize("protocol", ["internlm2", "openai"])  # (ReAct's free Thought line: see the walks above)
 def test_agent_local_llm_constrained_calls_a_tool(protocol):
     """A random model through LocalLLM (the engine, decoding under the protocol's grammar with
     require_tool) still makes a real, schema-valid tool call on its first turn, which runs."""
