@@ -390,6 +390,30 @@ class Tokenizer:
             raise IndexError(f"token id {i} out of range for vocabulary of size {self.vocab_size}")
         return tok
 
+    def vocab_encoding(self) -> tuple[list[str], str, bool]:
+        """Every id's vocabulary spelling and how spellings map to bytes (for grammar engines).
+
+        Returns:
+            (spellings, encoding, prefix_space): ``spellings[i]`` is id ``i``'s vocabulary spelling
+            (``""`` for holes); encoding is ``"byte_level"`` (GPT-2 byte-to-unicode spellings),
+            ``"byte_fallback"`` (sentencepiece: ``▁`` for space, ``<0xNN>`` byte pieces) or ``"raw"``
+            (spellings are the text); prefix_space says whether encoding prepends a space.
+        """
+        spellings = [self._backend.id_to_token(i) or "" for i in range(self.vocab_size)]
+        if isinstance(self._backend, _SPMBackend):
+            return spellings, "byte_fallback", bool(self._backend.add_dummy_prefix)
+        spec = json.loads(self._backend.tk.to_str())
+        text = json.dumps(spec.get("decoder") or {}, ensure_ascii=False)
+        if '"ByteLevel"' in text:
+            encoding = "byte_level"
+        elif '"ByteFallback"' in text or '"Metaspace"' in text or "\u2581" in text:
+            encoding = "byte_fallback"
+        else:
+            encoding = "raw"
+        normalizer = json.dumps(spec.get("normalizer") or {}) + json.dumps(spec.get("pre_tokenizer") or {})
+        prefix_space = '"Prepend"' in normalizer or '"prepend_scheme": "always"' in normalizer
+        return spellings, encoding, prefix_space
+
     def save(self, directory: str | os.PathLike) -> None:
         """Write ``tokenizer.json`` or ``tokenizer.model`` plus ``tokenizer_config.json`` to ``directory``.
 

@@ -24,6 +24,8 @@ class AgentConfig:
     remote_tools: tuple[str, ...] = ()  # tool server URLs: a server root (all its tools) or .../tools/NAME
     remote_api_key: str = ""
     max_turns: int = 5
+    constrain: bool = True  # local model: decode each reply under the protocol's action grammar
+    require_tool: bool = False  # with constrain: the first reply must call a tool
     system: str = ""  # an optional system message
     template: str = ""  # local model: chat template name or jinja source ("" = the tokenizer's)
     dtype: str = "float32"  # local model compute dtype

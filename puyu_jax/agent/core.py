@@ -4,6 +4,10 @@
     reply = llm.chat(list(state.messages), tools=protocol.llm_tools(tools), stop=protocol.stop)
     state = step(state, reply, tools, protocol)      # parse, run the tool(s), append the results
 
+A backend with `accepts_constraints` (the local engine) is also given the protocol's
+`action_format`: the reply is then decoded under a grammar, so it always parses into a call of a
+declared tool with schema-valid arguments, or a final answer (`require_tool`: the first reply is a call).
+
 `step` is pure apart from running the tools: the same state and reply give the same new state
 (for deterministic tools). Every failure of the model (unreadable output, unknown tool, bad
 arguments) and of a tool becomes an observation the model sees on its next turn.
@@ -103,10 +107,17 @@ def _show_args(args) -> str:
     return str(args)
 
 
-def _states(state: AgentState, llm, tools: Sequence[Tool], proto: Protocol, max_turns: int) -> Iterator[AgentState]:
+def _states(state: AgentState, llm, tools: Sequence[Tool], proto: Protocol, max_turns: int, constrain: bool = True,
+            require_tool: bool = False) -> Iterator[AgentState]:
     schemas = proto.llm_tools(tools)
+    # backends declare whether they decode under a grammar (the local engine does; HTTP backends and replays not)
+    constrain = constrain and bool(tools) and getattr(llm, "accepts_constraints", False)
     while not state.finished and state.turn < max_turns:
-        reply = llm.chat(list(state.messages), tools=schemas, stop=list(proto.stop))
+        kw = {}
+        if constrain:
+            action = proto.action_format(tools, required=require_tool and state.turn == 0)
+            kw = {"constraint": action} if action is not None else {}
+        reply = llm.chat(list(state.messages), tools=schemas, stop=list(proto.stop), **kw)
         state = step(state, reply, tools, proto)
         yield state
     if not state.finished:
@@ -115,7 +126,8 @@ def _states(state: AgentState, llm, tools: Sequence[Tool], proto: Protocol, max_
 
 
 def stream(question: str, llm, tools: Sequence[Tool], protocol: str | Protocol = "react", *,
-           max_turns: int = 5, system: str | None = None) -> Iterator[tuple[Event, AgentState]]:
+           max_turns: int = 5, system: str | None = None, constrain: bool = True,
+           require_tool: bool = False) -> Iterator[tuple[Event, AgentState]]:
     """Runs the agent, yielding each new trajectory event with the state it belongs to.
 
     Args:
@@ -125,22 +137,26 @@ def stream(question: str, llm, tools: Sequence[Tool], protocol: str | Protocol =
       protocol: `react`, `internlm2`, `openai`, or a Protocol instance.
       max_turns: model calls at most; running out adds an `error` event and leaves `finished` False.
       system: an optional system message (placed before the protocol's tool description).
+      constrain: decode each reply under the protocol's action grammar when the backend can.
+      require_tool: (constrained) the first reply must be a tool call.
     """
     proto = get_protocol(protocol)
     state = init_state(question, tools, proto, system)
     seen = 0
-    for state in _states(state, llm, tools, proto, max_turns):
+    for state in _states(state, llm, tools, proto, max_turns, constrain, require_tool):
         for event in state.trajectory[seen:]:
             yield event, state
         seen = len(state.trajectory)
 
 
 def run(question: str, llm, tools: Sequence[Tool], protocol: str | Protocol = "react", *, max_turns: int = 5,
-        system: str | None = None, on_event: Callable[[Event], None] | None = None) -> AgentState:
+        system: str | None = None, on_event: Callable[[Event], None] | None = None, constrain: bool = True,
+        require_tool: bool = False) -> AgentState:
     """Runs the agent to its end (see `stream`) and returns the final state."""
     proto = get_protocol(protocol)
     state = init_state(question, tools, proto, system)
-    for event, state in stream(question, llm, tools, proto, max_turns=max_turns, system=system):
+    for event, state in stream(question, llm, tools, proto, max_turns=max_turns, system=system, constrain=constrain,
+                               require_tool=require_tool):
         if on_event is not None:
             on_event(event)
     return state

@@ -1,6 +1,7 @@
 """LLM backends: `chat(messages, tools=None, stop=()) -> LLMReply`.
 
   * `LocalLLM`: a model loaded in-process, run on the serving engine (`pipeline`);
+    it also takes `constraint=` (a protocol's `action_format`) and decodes under that grammar;
   * `OpenAILLM`: any OpenAI-compatible endpoint through the `openai` client (our server,
     LMDeploy, vLLM, OpenAI itself): base_url, model, api_key;
   * `ReplayLLM`: replays a fixed transcript of replies (a stand-in for a model in tests and demos).
@@ -36,6 +37,14 @@ def parse_hermes_tool_calls(text: str) -> tuple[str, tuple[ToolCall, ...]]:
     return _HERMES.sub("", text).strip(), tuple(calls)
 
 
+def _arguments(raw: str):
+    """A call's arguments as JSON when they parse, else the raw text (a cut-off call is shown as written)."""
+    try:
+        return json.loads(raw or "{}")
+    except json.JSONDecodeError:
+        return raw
+
+
 def _flatten_for_template(messages: list[dict], template_source: str) -> list[dict]:
     """Messages a plain chat template can render: no None content; tool calls written as Hermes
     `<tool_call>` text when the template does not render `tool_calls` itself."""
@@ -43,7 +52,7 @@ def _flatten_for_template(messages: list[dict], template_source: str) -> list[di
     for m in messages:
         m = dict(m)
         if m.get("tool_calls") and "tool_calls" not in template_source:
-            blocks = [json.dumps({"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"] or "{}")})
+            blocks = [json.dumps({"name": c["function"]["name"], "arguments": _arguments(c["function"]["arguments"])})
                       for c in m.pop("tool_calls")]
             m["content"] = ((m.get("content") or "") + "".join(f"\n<tool_call>\n{b}\n</tool_call>" for b in blocks)).strip()
         if m.get("content") is None:
@@ -55,6 +64,7 @@ def _flatten_for_template(messages: list[dict], template_source: str) -> list[di
 class LocalLLM:
     """A model run in this process on the serving engine. Greedy by default; generation stops
     at the first stop string (the caller's, then the chat template's turn end).
+    `chat(..., constraint=...)` decodes under a structural tag (`Protocol.action_format`).
 
     Args:
       source: anything `load_pretrained` accepts (`smollm2`, a checkpoint dir, a .gguf, an HF dir).
@@ -79,6 +89,8 @@ class LocalLLM:
         cfg = engine_config or EngineConfig(dtype=dtype, max_num_seqs=4, kv_cache_memory_gb=0.25)
         self.pipe = pipeline(self.pre.model, self.tokenizer, engine_config=cfg)
 
+    accepts_constraints = True  # chat() takes constraint= (agent.core asks for constrained actions)
+
     def _template_stops(self) -> list[str]:
         from puyu_jax.chat_templates import stop_strings
 
@@ -90,8 +102,10 @@ class LocalLLM:
         eos = self.tokenizer.eos_token
         return stops + ([eos] if eos else [])
 
-    def chat(self, messages: list[dict], tools: list[dict] | None = None, stop: Sequence[str] = ()) -> LLMReply:
-        """Generates the assistant's reply to `messages` (cut at the first stop string)."""
+    def chat(self, messages: list[dict], tools: list[dict] | None = None, stop: Sequence[str] = (),
+             constraint: str | None = None) -> LLMReply:
+        """Generates the assistant's reply to `messages` (cut at the first stop string); under
+        `constraint` (a structural tag, JSON text) only replies the grammar allows."""
         from dataclasses import replace
 
         from puyu_jax.chat_templates import apply_chat_template
@@ -101,9 +115,16 @@ class LocalLLM:
         ids = apply_chat_template(tok, _flatten_for_template(messages, source), template=self.template,
                                   tools=tools, tokenize=True)
         stops = tuple(dict.fromkeys(s for s in list(stop) + self._template_stops() if s))
+        if constraint is not None:
+            # the grammar ends the reply; stop strings would cut a call's closing markup
+            gen = replace(self.sampling, structural_tag=constraint, skip_special_tokens=False)
+            return self._reply(self.pipe(ids, gen).text, tools)
         # special tokens are kept: protocol markup such as <|action_start|> may be one
         gen = replace(self.sampling, stop=tuple(self.sampling.stop) + stops, skip_special_tokens=False)
-        text = truncate_at(self.pipe(ids, gen).text, list(stops))
+        return self._reply(truncate_at(self.pipe(ids, gen).text, list(stops)), tools)
+
+    @staticmethod
+    def _reply(text: str, tools) -> LLMReply:
         if tools:
             text, calls = parse_hermes_tool_calls(text)
             return LLMReply(text, calls)

@@ -12,6 +12,11 @@
 
 A protocol is stateless: `parse` reads one reply, the `*_message(s)` methods build what goes
 back into the conversation. Malformed output gives `Malformed` with a message for the model.
+
+`action_format` is the protocol's reply written as a grammar (an xgrammar structural tag, see
+`puyu_jax.serve.guided`): a backend that decodes under it (`LocalLLM`) can only produce a reply
+that parses into a call of a declared tool with arguments valid under its schema, or a final
+answer (with `required`, a call).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 
 from puyu_jax.agent.tool import Tool
 from puyu_jax.agent.types import Act, Final, LLMReply, Malformed, Parsed, ToolCall
+from puyu_jax.serve.guided import json_schema_tag, tool_call_tag
 
 __all__ = ["Protocol", "ReAct", "InternLM2", "OpenAITools", "PROTOCOLS", "get_protocol", "truncate_at"]
 
@@ -77,6 +83,11 @@ class Protocol:
 
     def parse(self, reply: LLMReply) -> Parsed:
         raise TypeError(f"{type(self).__name__} must define parse()")
+
+    def action_format(self, tools: Sequence[Tool], required: bool = False) -> str | None:
+        """The reply as a structural tag (JSON text): a tool call with schema-valid arguments, or a
+        final answer; with `required`, a call. None when the protocol has no such grammar."""
+        return None
 
     def assistant_message(self, reply: LLMReply, parsed: Parsed) -> dict:
         return {"role": "assistant", "content": reply.text}
@@ -147,6 +158,30 @@ class ReAct(Protocol):
         if after_final is not None:
             raw = raw[:after_final.start()]
         return Act(thought, (ToolCall(name, _parse_json_args(raw)),))
+
+    def action_format(self, tools, required=False):
+        # Thought: <one line>\nAction: <tool>\nAction Input: <JSON args>   |   Thought: ...\nFinal Answer: <text>
+        acts = [{"type": "sequence", "elements": [
+            {"type": "const_string", "value": f"Action: {t.spec.name}\nAction Input:"}, self._action_input(t)]}
+            for t in tools]
+        if not required:
+            acts.append({"type": "sequence", "elements": [{"type": "const_string", "value": "Final Answer: "},
+                                                          {"type": "regex", "pattern": r"[^\n]+"}]})
+        return json.dumps({"type": "structural_tag", "format": {"type": "sequence", "elements": [
+            # (unbounded lines: a counted repetition such as {1,300} takes xgrammar seconds to compile)
+            {"type": "const_string", "value": "Thought: "}, {"type": "regex", "pattern": r"[^\n]+\n"},
+            {"type": "or", "elements": acts}]}}, ensure_ascii=False)
+
+    @staticmethod
+    def _action_input(tool) -> dict:
+        """JSON arguments valid under the tool's schema; a tool with one text parameter also takes
+        one line of plain text (as `parse` reads it), which small models write more readily."""
+        args = {"type": "sequence", "elements": [{"type": "const_string", "value": " "},
+                                                 json_schema_tag(tool.spec.json_schema())]}
+        params = tool.spec.params
+        if len(params) == 1 and params[0].type == "text":
+            return {"type": "or", "elements": [args, {"type": "regex", "pattern": r" [^\n{` ][^\n]*"}]}
+        return args
 
     def assistant_message(self, reply, parsed):
         return {"role": "assistant", "content": truncate_at(reply.text, self.stop).rstrip()}
@@ -222,6 +257,25 @@ class InternLM2(Protocol):
         args = call.get("parameters", call.get("arguments", {}))
         return Act(thought, (ToolCall(call["name"], args),))
 
+    def action_format(self, tools, required=False):
+        # a plugin call {"name": ..., "parameters": <schema-valid JSON>} or an interpreter cell in a
+        # ```python fence; free text (the answer) unless required. Markup written as text: a tokenizer
+        # holding <|action_start|> as a special token cannot be constrained this way.
+        calls = []
+        for t in tools:
+            if t.spec.name == self.interpreter_tool:
+                calls.append({"type": "tag", "begin": f"{ACTION_START}{INTERPRETER}\n```python\n",
+                              "content": {"type": "any_text", "excludes": ["```"]}, "end": f"\n```{ACTION_END}"})
+            else:
+                head = f'{ACTION_START}{PLUGIN}\n{{"name": {json.dumps(t.spec.name, ensure_ascii=False)}, "parameters": '
+                calls.append({"type": "tag", "begin": head, "content": json_schema_tag(t.spec.json_schema()),
+                              "end": "}" + ACTION_END})
+        if required:  # the call right away
+            fmt = calls[0] if len(calls) == 1 else {"type": "or", "elements": calls}
+        else:
+            fmt = {"type": "triggered_tags", "triggers": [ACTION_START], "tags": calls, "stop_after_first": True}
+        return json.dumps({"type": "structural_tag", "format": fmt}, ensure_ascii=False)
+
     def assistant_message(self, reply, parsed):
         text = truncate_at(reply.text, ("<|im_end|>",)).rstrip()
         if isinstance(parsed, Act) and ACTION_START in text and not text.endswith(ACTION_END):
@@ -249,6 +303,12 @@ class OpenAITools(Protocol):
 
     def llm_tools(self, tools):
         return [t.spec.openai() for t in tools]
+
+    def action_format(self, tools, required=False):
+        # a local backend renders calls as Hermes <tool_call> blocks and reads them back from its text
+        calls = [(f'<tool_call>\n{{"name": {json.dumps(t.spec.name, ensure_ascii=False)}, "arguments": ',
+                  t.spec.json_schema(), "}\n</tool_call>") for t in tools]
+        return tool_call_tag(calls, trigger="<tool_call>", required=required, text_before=False)
 
     def parse(self, reply):
         if not reply.tool_calls:

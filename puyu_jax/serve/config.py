@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 MAX_TOP_LOGPROBS = 20
 INT32_MAX = 2**31 - 1  # token ids, lengths and top-k travel in int32 arrays
+# constrained decoding (puyu_jax.serve.guided): at most one of these per request
+GUIDED_FIELDS = ("json_schema", "json_object", "regex", "choice", "grammar", "structural_tag")
 
 
 @dataclass(frozen=True)
@@ -18,6 +22,12 @@ class GenerationConfig:
     token, and per occurrence). `min_p` drops tokens whose probability is below
     min_p times the top token's. A `seed` makes a sampled request reproducible whatever
     else is in the batch; with `n > 1` the i-th choice uses seed + i.
+
+    Constrained (guided) decoding, at most one of: `json_schema` (a JSON schema, as a dict or
+    JSON text), `json_object` (any JSON object), `regex`, `choice` (exactly one of the strings),
+    `grammar` (EBNF in xgrammar's GBNF dialect, `root ::= ...`), `structural_tag` (xgrammar's
+    structural-tag JSON, e.g. free text with schema-checked tool calls). Only tokens the grammar
+    allows are sampled; the reply ends when the grammar is complete (see `serve/guided.py`).
     """
 
     max_new_tokens: int = 256
@@ -38,7 +48,12 @@ class GenerationConfig:
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     prompt_logprobs: int | None = None  # None: off; k: each prompt token's logprob and the top k
-
+    json_schema: Any = None  # dict or JSON text; kept as canonical JSON text
+    json_object: bool = False
+    regex: str | None = None
+    choice: tuple[str, ...] | None = None
+    grammar: str | None = None
+    structural_tag: Any = None  # dict or JSON text; kept as canonical JSON text
 
     def __post_init__(self):
         checks = [
@@ -63,6 +78,42 @@ class GenerationConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r} {why}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise ValueError(f"seed={self.seed} must be in [0, 2**63)")
+        self._check_guided()
+
+    def _check_guided(self) -> None:
+        given = [f for f in GUIDED_FIELDS if getattr(self, f) not in (None, False)]
+        if len(given) > 1:
+            raise ValueError(f"{given[1]}: only one constraint per request, got {' and '.join(given)}")
+        for name in ("json_schema", "structural_tag"):  # canonical text: hashable, and one cache key per spec
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, str):
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{name} is not valid JSON: {e.msg} at char {e.pos}") from None
+            if not isinstance(value, (dict, bool)):
+                raise ValueError(f"{name} must be a JSON object, got {type(value).__name__}")
+            object.__setattr__(self, name, json.dumps(value, ensure_ascii=False))  # keeps property order
+        if self.choice is not None:
+            choice = (self.choice,) if isinstance(self.choice, str) else tuple(self.choice)
+            if not choice or not all(isinstance(c, str) and c for c in choice):
+                raise ValueError(f"choice={self.choice!r} must be a non-empty list of non-empty strings")
+            object.__setattr__(self, "choice", choice)
+        for name in ("regex", "grammar"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"{name}={value!r} must be a non-empty string")
+
+    @property
+    def guide(self) -> tuple[str, Any] | None:
+        """(field, value) of this request's constraint, or None when decoding is free."""
+        for f in GUIDED_FIELDS:
+            value = getattr(self, f)
+            if value not in (None, False):
+                return f, value
+        return None
 
     @property
     def greedy(self) -> bool:

@@ -26,6 +26,7 @@ from puyu_jax.serve.block_manager import BlockManager, block_hashes
 from puyu_jax.serve.config import MAX_TOP_LOGPROBS, EngineConfig, GenerationConfig
 from puyu_jax.serve.detokenize import update_text
 from puyu_jax.serve.errors import PromptTooLongError, QueueFullError, RequestFailedError
+from puyu_jax.serve.guided import Guides, allocate_bitmask
 from puyu_jax.serve.kv_cache import kv_bytes_per_block
 from puyu_jax.serve.outputs import CompletionOutput, EngineStats, RequestMetrics, RequestOutput, TokenLogprob
 from puyu_jax.serve.runner import ModelRunner, Row
@@ -67,6 +68,16 @@ class LLMEngine:
         # the tokenizer knows the chat template's turn end as well as the model's EOS
         eos = tokenizer.eos_ids if tokenizer is not None else (self.model_config.eos_token_id,)
         self.eos_ids = frozenset(int(i) for i in eos)
+        self._guides: Guides | None = None  # built on the first constrained request
+
+    @property
+    def guides(self) -> Guides:
+        """Compiles and caches this engine's grammar constraints (see `serve/guided.py`)."""
+        if self._guides is None:
+            if self.tokenizer is None:
+                raise ValueError("constrained decoding (json_schema, regex, choice, grammar) needs a tokenizer")
+            self._guides = Guides.for_tokenizer(self.tokenizer, self.model_config.vocab_size, self.eos_ids)
+        return self._guides
 
     @classmethod
     def from_pretrained(cls, source: str, config: EngineConfig = EngineConfig()) -> "LLMEngine":
@@ -116,10 +127,12 @@ class LLMEngine:
                 f"({self.blocks.num_blocks - 1} x {self.config.block_size})", "max_tokens")
         if len(self.scheduler.waiting) >= self.config.max_waiting:
             raise QueueFullError(f"{len(self.scheduler.waiting)} requests are waiting; try again later")
+        guide = self.guides.guide(gen) if gen.guide is not None and gen.max_new_tokens else None  # ValueError if bad
         seed = gen.seed if gen.seed is not None else int(self._rng.integers(0, 2**63))
         metrics = RequestMetrics(arrival_time=arrival_time or time.time(), num_prompt_tokens=len(prompt_ids))
         group = SequenceGroup(request_id, prompt_ids, gen, seed, metrics)
         seq = self._new_seq(group, 0, list(prompt_ids))
+        seq.guide = guide
         if gen.prompt_logprobs is not None:
             seq.score_from = max(0, min(int(score_from or 0), len(prompt_ids) - 1))
             group.api_scores = score_from is None
@@ -242,7 +255,8 @@ class LLMEngine:
         if prefill:
             self._run([(s, n) for s, n in prefill], progressed)
         decode = [s for s in batch.decode if not s.finished]  # a request may have failed in the prefill
-        if decode and steps > 1 and not any(s.score_only or s.scoring for s in decode):
+        # constrained rows decode one step at a time: each mask depends on the token sampled just before
+        if decode and steps > 1 and not any(s.score_only or s.scoring or s.guide is not None for s in decode):
             self._decode_chunk(decode, steps, progressed)
         elif decode:
             self._run([(s, 1) for s in decode], progressed)
@@ -274,7 +288,8 @@ class LLMEngine:
             return
         score_top = MAX_TOP_LOGPROBS if any(r.score_index and s.group.prompt_top is not None
                                             for r, (s, _) in zip(rows, kept)) else 0
-        results = self._run_rows(rows, [s.group.gen for s, _ in kept], [s.group for s, _ in kept], score_top)
+        results = self._run_rows(rows, [s.group.gen for s, _ in kept], [s.group for s, _ in kept], score_top,
+                                self._bitmask(kept))
         now = time.time()
         for (seq, n), row, res in zip(kept, rows, results):
             if res is None or seq.finished:
@@ -297,11 +312,11 @@ class LLMEngine:
         return self._row(seq, n, score_index=score_index, score_targets=score_targets)
 
     def _run_rows(self, rows: list[Row], gens: list[GenerationConfig], groups: list[SequenceGroup],
-                  score_top: int = 0) -> list:
+                  score_top: int = 0, bitmask: np.ndarray | None = None) -> list:
         """(result, row index) per row, or None for a row whose request failed. A failed batch is retried
         row by row to find the request at fault, unless it consumed the KV pool (then the engine cannot go on)."""
         try:
-            result = self.runner.step(rows, flags_for(gens), score_top=score_top)
+            result = self.runner.step(rows, flags_for(gens), score_top=score_top, bitmask=bitmask)
             return [(result, i) for i in range(len(rows))]
         except Exception:
             if not self.runner.pool_intact():
@@ -310,12 +325,13 @@ class LLMEngine:
                 self._fail_group(groups[0], sys.exc_info()[1])
                 return [None]
         out = []
-        for row, gen, group in zip(rows, gens, groups):
+        for i, (row, gen, group) in enumerate(zip(rows, gens, groups)):
             if group.aborted:
                 out.append(None)
                 continue
             try:
-                out.append((self.runner.step([row], flags_for([gen]), score_top=score_top), 0))
+                mask = bitmask[i:i + 1] if bitmask is not None else None
+                out.append((self.runner.step([row], flags_for([gen]), score_top=score_top, bitmask=mask), 0))
             except Exception as e:  # noqa: BLE001
                 if not self.runner.pool_intact():
                     raise
@@ -403,6 +419,20 @@ class LLMEngine:
                 self._append(seq, token, {k: v[j] for k, v in result.items()}, i, now)
             progressed[seq.group.request_id] = seq.group
 
+    def _bitmask(self, work: list[tuple[Sequence, int]]):
+        """Constrained decoding: the allowed-token bitmask of the rows that sample a token this step
+        (all ones for free rows and prompt chunks), or None when no row is constrained. An engine that
+        decodes several steps per call must run a batch holding a constrained row one step at a time:
+        each mask depends on the token sampled just before."""
+        guided = [(i, seq) for i, (seq, n) in enumerate(work)
+                  if seq.guide is not None and seq.num_computed + n == len(seq.token_ids)]
+        if not guided:
+            return None
+        bitmask = allocate_bitmask(len(work), self.model_config.vocab_size)
+        for i, seq in guided:
+            seq.guide.fill(bitmask, i)
+        return bitmask
+
     def _register_blocks(self, seq: Sequence) -> None:
         bs = self.blocks.block_size
         full = seq.num_computed // bs
@@ -424,6 +454,7 @@ class LLMEngine:
         copies = []
         for index in range(1, group.gen.n):
             child = self._new_seq(group, index, list(seq.token_ids))
+            child.guide = seq.guide.fork() if seq.guide is not None else None
             child.num_computed = seq.num_computed
             shared = seq.block_table[:n_full]
             self.blocks.share(shared)
@@ -465,6 +496,9 @@ class LLMEngine:
         if token in gen.stop_token_ids:
             return self._finish(seq, "stop", token)
         if not gen.ignore_eos and token in self.eos_ids:
+            return self._finish(seq, "stop", token)
+        # constrained: the grammar offered only allowed tokens; it refuses one only past its end (ignore_eos)
+        if seq.guide is not None and (not seq.guide.accept(token) or seq.guide.terminated):
             return self._finish(seq, "stop", token)
         if len(out_ids) >= gen.max_new_tokens or len(seq.token_ids) >= self.max_model_len:
             return self._finish(seq, "length", None)

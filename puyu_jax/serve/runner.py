@@ -39,13 +39,14 @@ def bucket(n: int, minimum: int = 1) -> int:
 @functools.partial(jax.jit, static_argnames=("graphdef", "flags", "window", "impl", "mesh", "score_top"),
                    donate_argnames=("kv",))
 def _step(graphdef, state, kv: PagedKVCache, tokens, positions, slots, block_tables, lengths, logits_index,
-          sampling: SamplingArrays, score=None, *, flags: SamplingFlags, window: int, impl: str, mesh=None,
+          sampling: SamplingArrays, score=None, bitmask=None, *, flags: SamplingFlags, window: int, impl: str, mesh=None,
           score_top: int = 0):
     """One forward over the pool, sampling one token per row at `logits_index`.
 
     With `score` ({"index": [b, S] new-token indices, "targets": [b, S] next-token ids}) it also
     returns the log-prob of each target and whether it was the argmax (prompt scoring), and the
-    `score_top` best (ids, log-probs) at each scored position.
+    `score_top` best (ids, log-probs) at each scored position. `bitmask` [b, ceil(vocab / 32)] int32:
+    constrained decoding's allowed tokens per row, or None (a batch of free rows compiles no mask).
     """
     model = nnx.merge(graphdef, state)
     index = logits_index[:, None]
@@ -54,7 +55,7 @@ def _step(graphdef, state, kv: PagedKVCache, tokens, positions, slots, block_tab
     batch = PagedBatch(kv, positions, slots, block_tables, lengths, index, window=window, attention_impl=impl,
                        mesh=mesh)
     logits, batch = model(tokens, cache=batch, last_only=True)
-    out = sample(logits[:, -1], sampling, flags)
+    out = sample(logits[:, -1], sampling, flags, bitmask)
     if score is not None:
         scored = logits[:, :-1]
         out["score_logprob"], logz = token_logprobs(scored, score["targets"])
@@ -282,9 +283,12 @@ class ModelRunner:
                 targets[i, : len(r.score_targets)] = r.score_targets
         return {"index": self._put(index), "targets": self._put(targets)}
 
-    def step(self, rows: list[Row], flags: SamplingFlags, score_top: int = 0) -> dict[str, np.ndarray]:
+    def step(self, rows: list[Row], flags: SamplingFlags, score_top: int = 0,
+             bitmask: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Runs one prefill (rows with several new tokens) or decode (one token each) batch.
 
+        bitmask: optional [len(rows), ceil(vocab / 32)] int32 allowed tokens per row
+        (constrained decoding; free rows all ones), padded here to the row bucket.
         Returns numpy arrays with one entry per row: tokens, logprob (and top_ids,
         top_logprobs when flags.top_logprobs); for rows with `score_index`, score_logprob /
         score_greedy [rows, S] (and score_top_ids / score_top_logprobs [rows, S, score_top]).
@@ -294,9 +298,13 @@ class ModelRunner:
         tokens, positions, slots, tables, lengths, last = self._layout(rows, t_bucket)
         sampling = self._sampling(rows, tokens.shape[0], flags)
         score = self._score_arrays(rows, tokens.shape[0], t_bucket)
+        if bitmask is not None:
+            padded = np.full((tokens.shape[0], bitmask.shape[1]), -1, np.int32)
+            padded[: len(rows)] = bitmask
+            bitmask = self._put(padded)
         out, self.kv = _step(
             self.graphdef, self.state, self.kv, *map(self._put, (tokens, positions, slots, tables, lengths, last)),
-            sampling, score, flags=flags, window=self.window, impl=self.impl, mesh=self.mesh,
+            sampling, score, bitmask, flags=flags, window=self.window, impl=self.impl, mesh=self.mesh,
             score_top=score_top if score is not None else 0,
         )
         out = jax.device_get(out)

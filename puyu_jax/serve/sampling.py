@@ -96,13 +96,30 @@ def _filter(logits: Array, s: SamplingArrays) -> Array:
     return jnp.where(logits < floor, -jnp.inf, logits)
 
 
-def sample(logits: Array, s: SamplingArrays, flags: SamplingFlags) -> dict[str, Array]:
+def apply_token_bitmask(logits: Array, bitmask: Array) -> Array:
+    """Constrained decoding: tokens a row's grammar forbids get -inf (see `serve/guided.py`).
+
+    Args:
+      logits: [b, v].
+      bitmask: [b, ceil(v / 32)] int32; bit j of word w allows token 32 * w + j (a free row is all ones).
+    Returns:
+      [b, v] logits with the forbidden tokens at -inf.
+    """
+    b, v = logits.shape
+    bits = (bitmask[:, :, None] >> jnp.arange(32, dtype=jnp.int32)) & 1  # [b, words, 32]
+    allowed = bits.reshape(b, -1)[:, :v].astype(bool)
+    return jnp.where(allowed, logits, -jnp.inf)
+
+
+def sample(logits: Array, s: SamplingArrays, flags: SamplingFlags, bitmask: Array | None = None) -> dict[str, Array]:
     """Chooses one token per row.
 
     Args:
       logits: [b, v] float32.
       s: per-row settings.
       flags: static stage switches.
+      bitmask: optional [b, ceil(v / 32)] int32 allowed tokens per row (constrained decoding),
+        applied before every sampling mode, greedy included; None compiles no masking.
     Returns:
       tokens [b] int32; logprob [b] (of the chosen token under the raw model
       distribution); top_ids / top_logprobs [b, K] when flags.top_logprobs.
@@ -110,6 +127,8 @@ def sample(logits: Array, s: SamplingArrays, flags: SamplingFlags) -> dict[str, 
     logits = raw = logits.astype(jnp.float32)
     if flags.penalties:
         logits = apply_penalties(logits, s)
+    if bitmask is not None:
+        logits = apply_token_bitmask(logits, bitmask)
     tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     if flags.sample:
         scaled = logits / jnp.maximum(s.temperature, 1e-6)[:, None]

@@ -58,6 +58,7 @@ class Sequence:
     score_from: int | None = None
     scored: int = 0
     score_only: bool = False  # max_new_tokens 0: done once the prompt is scored
+    guide: object | None = None  # constrained decoding: the `guided.Guide` matcher, advanced per output token
 
     @property
     def output_ids(self) -> list[int]:

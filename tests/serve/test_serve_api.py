@@ -163,16 +163,18 @@ def test_serve_sampling_options_are_applied(url):
 
 
 def test_serve_json_object_response_format(url):
-    r = post(url, "/v1/chat/completions", {"model": MODEL, "messages": USER, "max_tokens": 3, "seed": 1,
-                                           "response_format": {"type": "json_object"}})
-    # a random model does not write JSON: the documented answer is a 422 naming response_format
-    assert r.status_code == 422
-    assert r.json()["error"]["param"] == "response_format" and r.json()["error"]["code"] == "invalid_json_output"
-    r = post(url, "/v1/chat/completions", {"model": MODEL, "messages": USER, "max_tokens": 3, "seed": 1, "stream": True,
-                                           "response_format": {"type": "json_object"}})
-    events = sse_events(r)
-    assert events[-1] == "[DONE]"
-    assert any(json.loads(e).get("error", {}).get("code") == "invalid_json_output" for e in events[:-1])
+    """json_object is enforced while decoding: even a random model's reply is JSON (cut short here by
+    max_tokens, so only its start is checked; tests/serve/test_serve_guided_api.py checks whole replies)."""
+    for stream in (False, True):
+        r = post(url, "/v1/chat/completions", {"model": MODEL, "messages": USER, "max_tokens": 3, "seed": 1,
+                                               "stream": stream, "response_format": {"type": "json_object"}})
+        assert r.status_code == 200
+        if stream:
+            text = "".join(json.loads(e)["choices"][0]["delta"].get("content") or ""
+                           for e in sse_events(r)[:-1] if json.loads(e)["choices"])
+        else:
+            text = r.json()["choices"][0]["message"]["content"]
+        assert text.startswith("{")
 
 
 def test_serve_metrics(url):

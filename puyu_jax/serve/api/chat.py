@@ -9,6 +9,7 @@ from puyu_jax.chat_templates import ROLES, TEMPLATES, apply_chat_template, stop_
 from puyu_jax.serve.api.errors import APIError
 from puyu_jax.serve.api.protocol import ChatCompletionRequest, ChatMessage
 from puyu_jax.serve.api.tool_parsers import ToolCallFormat, detect_format
+from puyu_jax.serve.guided import tool_call_tag
 
 _TOOLS_PREAMBLE = ("You may call one or more functions to assist with the user query.\n\n"
                    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{specs}\n"
@@ -97,6 +98,23 @@ class ChatPrompter:
         add_bos = False if bos and text.startswith(bos) else None
         ids = self.tokenizer.encode(text, add_bos=add_bos, allow_special=True)
         return ChatPrompt(ids, text, active, prefill)
+
+    def tool_constraint(self, req: ChatCompletionRequest, prompt: ChatPrompt) -> str | None:
+        """The structural tag that makes tool calls well-formed while decoding: the call's markup
+        around JSON valid under the tool's `parameters` schema. `required` / a named tool: exactly
+        one call (after the prefill); `auto`: free text, or calls. None when tools are off, or when
+        the markup cannot be written as text (special tokens, or arguments before the name)."""
+        if not prompt.tools_active or self.tools_keep_special or not self.fmt.between:
+            return None
+        fmt = self.fmt
+        choice = req.tool_choice
+        named = None if choice is None or isinstance(choice, str) else choice.function.name
+        calls = [(f"{fmt.start}{fmt.head}{json.dumps(t.function.name, ensure_ascii=False)}{fmt.between}",
+                  t.function.parameters or {"type": "object"}, "}" + fmt.end)
+                 for t in req.tools or [] if named is None or t.function.name == named]
+        if prompt.prefill:
+            return tool_call_tag(calls, required=True, prefix=prompt.prefill)
+        return tool_call_tag(calls, trigger=fmt.marker)
 
     def _message(self, m: ChatMessage) -> dict:
         role = "system" if m.role == "developer" else m.role

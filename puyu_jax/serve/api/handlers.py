@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from puyu_jax.serve.api.chat import ChatPrompt, ChatPrompter
-from puyu_jax.serve.api.errors import APIError, error_body
+from puyu_jax.serve.api.errors import APIError
 from puyu_jax.serve.api.metrics import ServerMetrics
 from puyu_jax.serve.api.protocol import ChatCompletionRequest, CompletionRequest
 from puyu_jax.serve.api.tool_parsers import ToolCallParser
@@ -106,7 +106,7 @@ def cut_error() -> dict:
 
 
 def _param_of(message: str) -> str | None:
-    head = message.split("=", 1)[0].split(" ", 1)[0]
+    head = message.split("=", 1)[0].split(" ", 1)[0].rstrip(":")
     return head if head.isidentifier() else None
 
 
@@ -132,7 +132,9 @@ def token_budget(state: ServerState, n_prompt: int, requested: int | None, param
 
 
 def generation_config(req, *, max_new: int, stop: list[str], logprobs: bool, top_logprobs: int,
-                      skip_special: bool = True, prompt_logprobs: int | None = None) -> GenerationConfig:
+                      skip_special: bool = True, prompt_logprobs: int | None = None,
+                      guided: dict | None = None) -> GenerationConfig:
+    """guided: the output constraint as GenerationConfig keywords (json_schema=..., regex=..., ...)."""
     try:
         return GenerationConfig(
             max_new_tokens=max_new,
@@ -151,6 +153,7 @@ def generation_config(req, *, max_new: int, stop: list[str], logprobs: bool, top
             skip_special_tokens=skip_special,
             prompt_logprobs=prompt_logprobs,
             ignore_eos=req.ignore_eos,
+            **(guided or {}),
         )
     except ValueError as e:
         raise APIError(400, str(e), param=_param_of(str(e))) from e
@@ -318,16 +321,6 @@ class _ChoiceState:
     done: bool = False
 
 
-def _json_failure(content: str) -> dict | None:
-    try:
-        json.loads(content)
-        return None
-    except json.JSONDecodeError as e:
-        short = content if len(content) <= 200 else content[:200] + "..."
-        return error_body(f"response_format json_object: the reply is not valid JSON ({e.msg} at char {e.pos}): "
-                          f"{short!r}", "invalid_request_error", "response_format", "invalid_json_output")
-
-
 def _finish_reason(c: CompletionOutput, calls: int) -> str:
     if calls and c.finish_reason in ("stop", None):
         return "tool_calls"
@@ -348,8 +341,17 @@ class ChatHandler:
         limit, param = req.token_limit()
         max_new = token_budget(s, len(prompt.ids), limit, param, "messages")
         keep_special = prompt.tools_active and s.prompter.tools_keep_special
+        # constrained decoding: response_format / guided_* as sent, or the tools' call grammar
+        sent = req.guided()
+        guided = dict(sent[0][1]) if sent else {}
+        tools = s.prompter.tool_constraint(req, prompt)
+        if tools is not None and prompt.prefill and sent:
+            raise APIError(400, f"{sent[0][0]} cannot be combined with a required or named tool_choice",
+                           param=sent[0][0])
+        if tools is not None and not sent:
+            guided = {"structural_tag": tools}
         gen = generation_config(req, max_new=max_new, stop=req.stop_list() + s.prompter.stops, logprobs=req.logprobs,
-                                top_logprobs=req.top_logprobs or 0, skip_special=not keep_special)
+                                top_logprobs=req.top_logprobs or 0, skip_special=not keep_special, guided=guided)
         return prompt, gen
 
     def _parser(self, prompt: ChatPrompt) -> ToolCallParser | None:
@@ -404,11 +406,6 @@ class ChatHandler:
             if calls:
                 message["tool_calls"] = [{"id": k.id, "type": "function",
                                           "function": {"name": k.name, "arguments": k.arguments}} for k in calls]
-            if req.response_format is not None and req.response_format.type == "json_object" and not calls:
-                failure = _json_failure(st.content)
-                if failure is not None:
-                    raise APIError(422, failure["error"]["message"], param="response_format",
-                                   code="invalid_json_output")
             choices.append({"index": c.index, "message": message,
                             "logprobs": _chat_logprobs(c.logprobs, req.top_logprobs or 0) if req.logprobs else None,
                             "finish_reason": _finish_reason(c, len(calls))})
@@ -424,7 +421,6 @@ class ChatHandler:
                 "system_fingerprint": None}
         states: dict[int, _ChoiceState] = {}
         last: RequestOutput | None = None
-        json_mode = req.response_format is not None and req.response_format.type == "json_object"
         try:
             async for _, out in merged(streams):
                 last = out
@@ -457,10 +453,6 @@ class ChatHandler:
                         yield _sse({**base, "choices": [{"index": c.index, "delta": delta, "logprobs": logprobs,
                                                          "finish_reason": None}], **usage_field})
                     if c.finished:
-                        if json_mode and not st.calls:
-                            failure = _json_failure(st.content)
-                            if failure is not None:
-                                yield _sse(failure)
                         yield _sse({**base, "choices": [{"index": c.index, "delta": {}, "logprobs": None,
                                                          "finish_reason": _finish_reason(c, st.calls)}], **usage_field})
             if include_usage and last is not None:
@@ -506,7 +498,8 @@ class CompletionHandler:
             k = req.logprobs or 0
             # with echo, logprobs cover the prompt too (PPL-style evaluation)
             gen = generation_config(req, max_new=max_new, stop=req.stop_list(), logprobs=req.logprobs is not None,
-                                    top_logprobs=k, prompt_logprobs=k if req.echo and req.logprobs is not None else None)
+                                    top_logprobs=k, prompt_logprobs=k if req.echo and req.logprobs is not None else None,
+                                    guided={k: v for _, kw in req.guided() for k, v in kw.items()})
             out.append((ids, text, gen))
         return out
 

@@ -135,13 +135,27 @@ class NamedToolChoice(_Strict):
     function: NamedFunction
 
 
+class JSONSchemaSpec(_Strict):
+    name: str = Field("response", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
 class ResponseFormat(_Strict):
-    """`text`, or `json_object`: the reply must parse as JSON (checked after generation).
+    """`text`; `json_object` (any JSON object) or `json_schema` (JSON valid under the schema), both
+    enforced while decoding (see `puyu_jax.serve.guided`)."""
 
-    `json_schema` needs constrained decoding, which this server does not do: it is rejected.
-    """
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaSpec | None = None
 
-    type: Literal["text", "json_object"]
+    @model_validator(mode="after")
+    def _schema(self):
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format json_schema needs a json_schema object with a schema")
+        if self.type != "json_schema" and self.json_schema is not None:
+            raise ValueError(f"response_format {self.type} takes no json_schema")
+        return self
 
 
 class StreamOptions(_Strict):
@@ -169,6 +183,11 @@ class _Sampling(_Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: Name | None = None
+    # extensions (vLLM's names): constrain the output, at most one of them
+    guided_json: dict[str, Any] | None = None  # a JSON schema
+    guided_regex: str | None = Field(None, min_length=1)
+    guided_choice: list[str] | None = Field(None, min_length=1)
+    guided_grammar: str | None = Field(None, min_length=1)  # EBNF (xgrammar's GBNF dialect)
 
     @field_validator("stop")
     @classmethod
@@ -188,6 +207,19 @@ class _Sampling(_Strict):
         """Checks across fields; raises APIError naming the offending field."""
         if self.stream_options is not None and not self.stream:
             raise APIError(400, "stream_options is only allowed when stream is true", param="stream_options")
+        given = [k for k, _ in self.guided()]
+        if len(given) > 1:
+            raise APIError(400, f"only one output constraint per request, got {' and '.join(given)}", param=given[1])
+
+    def guided(self) -> list[tuple[str, Any]]:
+        """The output constraints sent, as (request field, GenerationConfig keyword and value)."""
+        out = []
+        for field_, key in (("guided_json", "json_schema"), ("guided_regex", "regex"), ("guided_choice", "choice"),
+                            ("guided_grammar", "grammar")):
+            value = getattr(self, field_)
+            if value is not None:
+                out.append((field_, {key: tuple(value) if key == "choice" else value}))
+        return out
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -205,6 +237,15 @@ class ChatCompletionRequest(_Sampling):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
+
+    def guided(self) -> list[tuple[str, Any]]:
+        out = super().guided()
+        rf = self.response_format
+        if rf is not None and rf.type == "json_object":
+            out.insert(0, ("response_format", {"json_object": True}))
+        elif rf is not None and rf.type == "json_schema":
+            out.insert(0, ("response_format", {"json_schema": rf.json_schema.schema_}))
+        return out
 
     def check(self) -> None:
         super().check()
