@@ -109,6 +109,7 @@ class SequenceGroup:
     prompt_scores: tuple | None = None
     prompt_top: tuple | None = None  # (ids, log-probs) [len(prompt), MAX_TOP_LOGPROBS] for the API
     api_scores: bool = False  # build `prompt_logprobs` (the API's per-token form) too
+    aborted: bool = False  # cancelled, or failed in a step: it produces no further output
 
     @property
     def finished(self) -> bool:

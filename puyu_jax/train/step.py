@@ -216,7 +216,8 @@ class Trainer:
     def create(cls, cfg: TrainConfig, devices: list | None = None, adapter: Adapter | None = None) -> "Trainer":
         """A Trainer for `cfg`; with `adapter`, only the adapter's parameters are trained."""
         plan = ShardingPlan.build(cfg.parallel, devices)
-        plan.check_batch(cfg.batch_size // cfg.grad_accum, "micro-batch (batch_size / grad_accum)")
+        plan.check_batch(cfg.batch_size // cfg.grad_accum,
+                         f"micro-batch (batch_size={cfg.batch_size} / grad_accum={cfg.grad_accum})")
         if adapter is None:
             axes = logical_axes(cfg.model)
             dtypes = {k: (v.shape, jnp.dtype(cfg.model.param_dtype)) for k, v in param_shapes(cfg.model).items()}
