@@ -1,18 +1,28 @@
-"""Weight-only int4 matmul: `y = x @ dequant(W)` with W stored as packed 4-bit groups.
+"""Weight-only int4 / int8 matmuls: `y = x @ dequant(W)` with W stored as quantized groups.
 
-Layout (shared with the quantizers and checkpoints; do not change it):
+Layout (shared with the quantizers, the GGUF loader and checkpoints):
 
-* A float weight `W [K, N]` (used as `y = x @ W`) is quantized group-wise along K in groups of
-  `group_size` rows (`K % group_size == 0`), asymmetrically:
-  `q = clip(round(W / scale) + zero, 0, 15)`, `scales [K // group_size, N]` (fp32 / bf16 / fp16),
-  `zeros [K // group_size, N]` float holding integers 0..15. Dequant: `W ~= (q - zero) * scale`.
-* Packed storage `qweight: uint8 [K // 2, N]`, low nibble = `q[2i, n]`, high nibble = `q[2i+1, n]`.
+* A float weight `W [K, N]` (used as `y = x @ W`) is cut along K into groups of `group_size`
+  rows (`K % group_size == 0`; a power of two from 32 up for GGUF blocks, any even size
+  otherwise). Each (group, column) has a float `scale` (fp32 / bf16 / fp16) and, by kind:
+
+  | kind  | stored                         | dequant                 | source                 |
+  |-------|--------------------------------|-------------------------|------------------------|
+  | zero  | `zeros` float, integers 0..15  | `(q - zero) * scale`    | RTN / AWQ (llm-awq)    |
+  | min   | `mins` float                   | `q * scale + min`       | GGUF Q4_1 (`d*q + m`)  |
+  | sym   | nothing                        | `(q - 8) * scale`       | GGUF Q4_0              |
+
+  with `scales`, `zeros`, `mins` all `[K // group_size, N]`.
+* int4 codes `q` in 0..15 are packed two per byte along K: `qweight: uint8 [K // 2, N]`,
+  low nibble = `q[2i, n]`, high nibble = `q[2i+1, n]`.
+* int8 weights (GGUF Q8_0, W8A16): `qweight: int8 [K, N]`, symmetric, `W ~= q * scale`.
 
 Shapes use einsum letters: m rows of activations, K input features, N output features,
 G = K // group_size groups.
 
-`int4_matmul` is the Pallas kernel (Triton on GPU, Mosaic on TPU, interpret mode on CPU for tests);
-`int4_matmul_reference` is its plain-JAX twin and the CPU serving path.
+`int4_matmul` / `int8_matmul` are the Pallas kernels (Triton on GPU, Mosaic on TPU, interpret
+mode on CPU for tests); `int4_matmul_reference` / `int8_matmul_reference` are their plain-JAX
+twins and the CPU serving path.
 """
 
 from __future__ import annotations
@@ -23,7 +33,10 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-__all__ = ["pack_int4", "unpack_int4", "int4_matmul", "int4_matmul_reference"]
+__all__ = ["pack_int4", "unpack_int4", "int4_matmul", "int4_matmul_reference", "int8_matmul", "int8_matmul_reference",
+           "offset_kind"]
+
+KINDS = ("zero", "min", "sym")
 
 
 def pack_int4(q: jax.Array) -> jax.Array:
@@ -49,54 +62,77 @@ def unpack_int4(packed: jax.Array) -> jax.Array:
     return jnp.stack([low, high], axis=1).reshape(2 * packed.shape[0], *packed.shape[1:])
 
 
-def _check(x, qweight, scales, zeros, group_size):
+def offset_kind(zeros, mins) -> str:
+    """The int4 kind of (zeros, mins): "zero", "min" or "sym" (neither); both is an error."""
+    if zeros is not None and mins is not None:
+        raise ValueError("pass zeros (w = (q - zero) * scale) or mins (w = q * scale + min), not both")
+    return "zero" if zeros is not None else "min" if mins is not None else "sym"
+
+
+def _check(x, qweight, scales, offsets, group_size, *, bits=4):
     m, k = x.shape
-    k2, n = qweight.shape
-    if qweight.dtype != jnp.uint8:
-        raise ValueError(f"qweight must be uint8, got {qweight.dtype}")
-    if 2 * k2 != k:
-        raise ValueError(f"x has K={k} but qweight packs {2 * k2} rows")
+    kq, n = qweight.shape
+    want = jnp.uint8 if bits == 4 else jnp.int8
+    if qweight.dtype != want:
+        raise ValueError(f"qweight must be {jnp.dtype(want).name} for int{bits}, got {qweight.dtype}")
+    rows = 2 * kq if bits == 4 else kq
+    if rows != k:
+        raise ValueError(f"x has K={k} but qweight holds {rows} rows")
     if group_size % 2 or k % group_size:
         raise ValueError(f"group_size={group_size} must be even and divide K={k}")
     g = k // group_size
-    if scales.shape != (g, n) or zeros.shape != (g, n):
-        raise ValueError(f"scales/zeros must be {(g, n)}, got {scales.shape} and {zeros.shape}")
+    if scales.shape != (g, n) or (offsets is not None and offsets.shape != (g, n)):
+        shapes = scales.shape if offsets is None else (scales.shape, offsets.shape)
+        raise ValueError(f"scales/zeros/mins must be {(g, n)}, got {shapes}")
     return m, k, n
 
 
-def _dequant_halves(qweight, scales, zeros, group_size, dtype):
+def _dequant(q, s, o, kind: str):
+    """float32 weight from float32 codes `q`, scales `s` and offsets `o` (broadcasting)."""
+    if kind == "zero":
+        return (q - o) * s
+    if kind == "min":
+        return q * s + o
+    return (q - 8.0) * s
+
+
+def _dequant_halves(qweight, scales, offsets, group_size, dtype, kind):
     """`[K/2, N]` packed -> (even rows, odd rows) of the dequantized weight, each `[K/2, N]`.
 
     Packed row i holds W rows 2i and 2i+1, both in group `i // (group_size / 2)`, so the
-    per-group scale/zero broadcast over half-groups and the rows never need interleaving.
+    per-group scale/offset broadcast over half-groups and the rows never need interleaving.
     """
     k2, n = qweight.shape
     half = group_size // 2
     s = scales.astype(jnp.float32)[:, None, :]
-    z = zeros.astype(jnp.float32)[:, None, :]
+    o = None if offsets is None else offsets.astype(jnp.float32)[:, None, :]
     low = (qweight & 0xF).astype(jnp.float32).reshape(k2 // half, half, n)
     high = (qweight >> 4).astype(jnp.float32).reshape(k2 // half, half, n)
-    w_even = ((low - z) * s).astype(dtype).reshape(k2, n)
-    w_odd = ((high - z) * s).astype(dtype).reshape(k2, n)
+    w_even = _dequant(low, s, o, kind).astype(dtype).reshape(k2, n)
+    w_odd = _dequant(high, s, o, kind).astype(dtype).reshape(k2, n)
     return w_even, w_odd
 
 
-def int4_matmul_reference(x: jax.Array, qweight: jax.Array, scales: jax.Array, zeros: jax.Array, *,
-                          group_size: int = 128) -> jax.Array:
+def int4_matmul_reference(x: jax.Array, qweight: jax.Array, scales: jax.Array, zeros: jax.Array | None = None, *,
+                          group_size: int = 128, mins: jax.Array | None = None) -> jax.Array:
     """Plain-JAX twin of `int4_matmul`: dequantize the whole weight, then one matmul.
 
     Args:
       x: `[m, K]` activations (fp32 / bf16 / fp16).
       qweight: `[K // 2, N]` uint8, packed as `pack_int4`.
       scales: `[G, N]` float, G = K // group_size.
-      zeros: `[G, N]` float with integer values 0..15.
+      zeros: `[G, N]` float with integer values 0..15 (kind "zero"), or None.
       group_size: rows of K per quantization group.
+      mins: `[G, N]` float minimums (kind "min": w = q * scale + min), or None. With neither
+        zeros nor mins the weight is symmetric: w = (q - 8) * scale.
 
     Returns:
       `[m, N]` in x.dtype, accumulated in fp32.
     """
-    _check(x, qweight, scales, zeros, group_size)
-    w_even, w_odd = _dequant_halves(qweight, scales, zeros, group_size, x.dtype)
+    kind = offset_kind(zeros, mins)
+    offsets = zeros if kind == "zero" else mins
+    _check(x, qweight, scales, offsets, group_size)
+    w_even, w_odd = _dequant_halves(qweight, scales, offsets, group_size, x.dtype, kind)
     # x[:, 2i] meets W row 2i (low nibbles), x[:, 2i+1] meets row 2i+1 (high nibbles); two
     # half-size dots avoid materializing the interleaved [K, N] weight.
     y = jnp.dot(x[:, 0::2], w_even, preferred_element_type=jnp.float32)
@@ -104,11 +140,32 @@ def int4_matmul_reference(x: jax.Array, qweight: jax.Array, scales: jax.Array, z
     return y.astype(x.dtype)
 
 
-def _int4_kernel(xe_ref, xo_ref, qw_ref, s_ref, z_ref, o_ref, *, group_size: int, groups_per_step: int):
+def int8_matmul_reference(x: jax.Array, qweight: jax.Array, scales: jax.Array, *, group_size: int) -> jax.Array:
+    """Plain-JAX twin of `int8_matmul`: `x @ (q * scale)` with per-group scales.
+
+    Args:
+      x: `[m, K]` activations.
+      qweight: `[K, N]` int8.
+      scales: `[G, N]` float, G = K // group_size (group_size = K: per output channel).
+      group_size: rows of K per group.
+
+    Returns:
+      `[m, N]` in x.dtype, accumulated in fp32.
+    """
+    _check(x, qweight, scales, None, group_size, bits=8)
+    k, n = qweight.shape
+    w = qweight.astype(jnp.float32).reshape(k // group_size, group_size, n) * scales.astype(jnp.float32)[:, None, :]
+    return jnp.dot(x, w.reshape(k, n).astype(x.dtype), preferred_element_type=jnp.float32).astype(x.dtype)
+
+
+def _int4_kernel(xe_ref, xo_ref, qw_ref, s_ref, *refs, group_size: int, groups_per_step: int, kind: str):
     """One (m tile, n tile) program; loops over K a `groups_per_step` groups at a time.
 
-    Refs: xe/xo `[bm, K/2]` (even / odd columns of x), qw `[K/2, bn]`, s/z `[G, bn]`, o `[bm, bn]`.
+    Refs: xe/xo `[bm, K/2]` (even / odd columns of x), qw `[K/2, bn]`, s (and the zeros or
+    mins unless kind is "sym") `[G, bn]`, o `[bm, bn]`.
     """
+    o_ref = refs[-1]
+    off_ref = refs[0] if kind != "sym" else None
     bm, bn = o_ref.shape
     half = group_size // 2
     n_groups = s_ref.shape[0]
@@ -122,11 +179,29 @@ def _int4_kernel(xe_ref, xo_ref, qw_ref, s_ref, z_ref, o_ref, *, group_size: int
             rows = pl.ds(pl.multiple_of(gi * half, half), half)
             qw = qw_ref[rows, :].astype(jnp.int32)  # [half, bn]; int32: uint8 ALU ops are spotty
             s = s_ref[pl.ds(gi, 1), :].astype(jnp.float32)  # [1, bn]
-            z = z_ref[pl.ds(gi, 1), :].astype(jnp.float32)
-            w_even = ((qw & 0xF).astype(jnp.float32) - z) * s
-            w_odd = ((qw >> 4).astype(jnp.float32) - z) * s
+            o = None if off_ref is None else off_ref[pl.ds(gi, 1), :].astype(jnp.float32)
+            w_even = _dequant((qw & 0xF).astype(jnp.float32), s, o, kind)
+            w_odd = _dequant((qw >> 4).astype(jnp.float32), s, o, kind)
             acc += jnp.dot(xe_ref[:, rows], w_even.astype(dtype), preferred_element_type=jnp.float32)
             acc += jnp.dot(xo_ref[:, rows], w_odd.astype(dtype), preferred_element_type=jnp.float32)
+        return acc
+
+    acc = jax.lax.fori_loop(0, n_groups // groups_per_step, step, jnp.zeros((bm, bn), jnp.float32))
+    o_ref[...] = acc.astype(o_ref.dtype)
+
+
+def _int8_kernel(x_ref, qw_ref, s_ref, o_ref, *, group_size: int, groups_per_step: int):
+    """One (m tile, n tile) program of `int8_matmul`. Refs: x `[bm, K]`, qw `[K, bn]`, s `[G, bn]`."""
+    bm, bn = o_ref.shape
+    n_groups = s_ref.shape[0]
+    dtype = x_ref.dtype
+
+    def step(t, acc):
+        for j in range(groups_per_step):
+            gi = t * groups_per_step + j
+            rows = pl.ds(pl.multiple_of(gi * group_size, group_size), group_size)
+            w = qw_ref[rows, :].astype(jnp.float32) * s_ref[pl.ds(gi, 1), :].astype(jnp.float32)
+            acc += jnp.dot(x_ref[:, rows], w.astype(dtype), preferred_element_type=jnp.float32)
         return acc
 
     acc = jax.lax.fori_loop(0, n_groups // groups_per_step, step, jnp.zeros((bm, bn), jnp.float32))
@@ -144,10 +219,9 @@ def _out_struct(shape, dtype, *inputs):
     return jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=jax.sharding.ManualAxisType(varying=varying))
 
 
-@functools.partial(jax.jit, static_argnames=("group_size", "backend", "interpret", "block_m", "block_n",
-                                             "block_k"))
-def _int4_pallas(x, qweight, scales, zeros, *, group_size, backend, interpret, block_m, block_n, block_k):
-    m, k, n = x.shape[0], x.shape[1], qweight.shape[1]
+def _tiles(x, n, group_size, block_m, block_n, block_k):
+    """(padded x, bm, bn, groups per K step) for an `[m, K] x [K, N]` call."""
+    m, k = x.shape
     # Decode has m of 1..32: shrink the m tile to the smallest power of two that holds m
     # (16 at least, the smallest tensor-core / MXU-friendly tile) and pad rows to a whole tile.
     bm = max(16, min(block_m, _pow2_at_least(m)))
@@ -163,52 +237,95 @@ def _int4_pallas(x, qweight, scales, zeros, *, group_size, backend, interpret, b
     per_step = max(1, min(block_k // group_size, groups))
     while groups % per_step:
         per_step -= 1
+    return x, bm, bn, per_step
+
+
+def _compiler_params(backend):
+    if backend == "tpu":
+        from jax.experimental.pallas import tpu as pltpu
+
+        return pltpu.CompilerParams(dimension_semantics=("parallel", "parallel"))
+    from jax.experimental.pallas import triton as pltriton
+
+    # Passing Triton params selects the Triton lowering on GPU (not Mosaic GPU).
+    return pltriton.CompilerParams(num_warps=4, num_stages=2)
+
+
+@functools.partial(jax.jit, static_argnames=("group_size", "kind", "backend", "interpret", "block_m", "block_n",
+                                             "block_k"))
+def _int4_pallas(x, qweight, scales, offsets, *, group_size, kind="zero", backend, interpret, block_m, block_n,
+                 block_k):
+    m, k, n = x.shape[0], x.shape[1], qweight.shape[1]
+    x, bm, bn, per_step = _tiles(x, n, group_size, block_m, block_n, block_k)
+    m_pad, groups = x.shape[0], k // group_size
     # Splitting x into even / odd columns here (x is tiny next to W) lets the kernel pair them
     # with the low / high nibbles without strided loads.
     xe, xo = x[:, 0::2], x[:, 1::2]
-    kernel = functools.partial(_int4_kernel, group_size=group_size, groups_per_step=per_step)
-    grid = (m_pad // bm, n // bn)
+    kernel = functools.partial(_int4_kernel, group_size=group_size, groups_per_step=per_step, kind=kind)
+    inputs = [xe, xo, qweight, scales] + ([offsets] if kind != "sym" else [])
     in_specs = [
         pl.BlockSpec((bm, k // 2), lambda i, j: (i, 0)),
         pl.BlockSpec((bm, k // 2), lambda i, j: (i, 0)),
         pl.BlockSpec((k // 2, bn), lambda i, j: (0, j)),
-        pl.BlockSpec((groups, bn), lambda i, j: (0, j)),
-        pl.BlockSpec((groups, bn), lambda i, j: (0, j)),
-    ]
-    out_spec = pl.BlockSpec((bm, bn), lambda i, j: (i, j))
-    if backend == "tpu":
-        from jax.experimental.pallas import tpu as pltpu
-
-        params = pltpu.CompilerParams(dimension_semantics=("parallel", "parallel"))
-    else:
-        from jax.experimental.pallas import triton as pltriton
-
-        # Passing Triton params selects the Triton lowering on GPU (not Mosaic GPU).
-        params = pltriton.CompilerParams(num_warps=4, num_stages=2)
+    ] + [pl.BlockSpec((groups, bn), lambda i, j: (0, j))] * (len(inputs) - 3)
     y = pl.pallas_call(
         kernel,
-        out_shape=_out_struct((m_pad, n), x.dtype, xe, xo, qweight, scales, zeros),
-        grid=grid,
+        out_shape=_out_struct((m_pad, n), x.dtype, *inputs),
+        grid=(m_pad // bm, n // bn),
         in_specs=in_specs,
-        out_specs=out_spec,
-        compiler_params=params,
+        out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
+        compiler_params=_compiler_params(backend),
         interpret=interpret,
         name="int4_matmul",
-    )(xe, xo, qweight, scales, zeros)
+    )(*inputs)
     return y[:m]
 
 
-def int4_matmul(x: jax.Array, qweight: jax.Array, scales: jax.Array, zeros: jax.Array, *,
-                group_size: int = 128, impl: str = "auto", interpret: bool | None = None,
-                block_m: int = 32, block_n: int = 128, block_k: int = 256) -> jax.Array:
-    """`x @ dequant(qweight, scales, zeros)` with the dequantization fused into the kernel.
+@functools.partial(jax.jit, static_argnames=("group_size", "backend", "interpret", "block_m", "block_n", "block_k"))
+def _int8_pallas(x, qweight, scales, *, group_size, backend, interpret, block_m, block_n, block_k):
+    m, k, n = x.shape[0], x.shape[1], qweight.shape[1]
+    x, bm, bn, per_step = _tiles(x, n, group_size, block_m, block_n, block_k)
+    groups = k // group_size
+    kernel = functools.partial(_int8_kernel, group_size=group_size, groups_per_step=per_step)
+    y = pl.pallas_call(
+        kernel,
+        out_shape=_out_struct((x.shape[0], n), x.dtype, x, qweight, scales),
+        grid=(x.shape[0] // bm, n // bn),
+        in_specs=[
+            pl.BlockSpec((bm, k), lambda i, j: (i, 0)),
+            pl.BlockSpec((k, bn), lambda i, j: (0, j)),
+            pl.BlockSpec((groups, bn), lambda i, j: (0, j)),
+        ],
+        out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
+        compiler_params=_compiler_params(backend),
+        interpret=interpret,
+        name="int8_matmul",
+    )(x, qweight, scales)
+    return y[:m]
+
+
+def _resolve_impl(impl: str, interpret: bool | None) -> tuple[str, str, bool]:
+    backend = jax.default_backend()
+    if impl == "auto":
+        impl = "reference" if backend == "cpu" else "pallas"
+    if impl not in ("pallas", "reference"):
+        raise ValueError(f"impl must be 'auto', 'pallas' or 'reference', got {impl!r}")
+    return impl, "tpu" if backend == "tpu" else "gpu", backend == "cpu" if interpret is None else interpret
+
+
+def int4_matmul(x: jax.Array, qweight: jax.Array, scales: jax.Array, zeros: jax.Array | None = None, *,
+                group_size: int = 128, mins: jax.Array | None = None, impl: str = "auto",
+                interpret: bool | None = None, block_m: int = 32, block_n: int = 128, block_k: int = 256) -> jax.Array:
+    """`x @ dequant(qweight, scales, zeros | mins)` with the dequantization fused into the kernel.
 
     Args:
       x: `[m, K]` activations (fp32 / bf16 / fp16); any m (rows are padded to the m tile).
       qweight: `[K // 2, N]` uint8 packed as `pack_int4`.
       scales: `[G, N]` float, G = K // group_size.
-      zeros: `[G, N]` float with integer values 0..15.
+      zeros: `[G, N]` float with integer values 0..15 (w = (q - zero) * scale), or None.
       group_size: rows of K per quantization group (even, divides K).
+      mins: `[G, N]` float (w = q * scale + min, GGUF Q4_1), or None; with neither zeros nor
+        mins, w = (q - 8) * scale (GGUF Q4_0).
       impl: "auto" (Pallas on GPU / TPU, the reference on CPU), "pallas" (the kernel; interpret
         mode on CPU) or "reference".
       interpret: run the kernel in Pallas interpret mode; default: only on CPU.
@@ -219,16 +336,35 @@ def int4_matmul(x: jax.Array, qweight: jax.Array, scales: jax.Array, zeros: jax.
     Returns:
       `[m, N]` in x.dtype; products accumulated in fp32.
     """
-    backend = jax.default_backend()
-    if impl == "auto":
-        impl = "reference" if backend == "cpu" else "pallas"
+    impl, backend, interpret = _resolve_impl(impl, interpret)
     if impl == "reference":
-        return int4_matmul_reference(x, qweight, scales, zeros, group_size=group_size)
-    if impl != "pallas":
-        raise ValueError(f"impl must be 'auto', 'pallas' or 'reference', got {impl!r}")
-    _check(x, qweight, scales, zeros, group_size)
-    if interpret is None:
-        interpret = backend == "cpu"
-    return _int4_pallas(x, qweight, scales, zeros, group_size=group_size,
-                        backend="tpu" if backend == "tpu" else "gpu", interpret=interpret,
+        return int4_matmul_reference(x, qweight, scales, zeros, group_size=group_size, mins=mins)
+    kind = offset_kind(zeros, mins)
+    offsets = zeros if kind == "zero" else mins
+    _check(x, qweight, scales, offsets, group_size)
+    return _int4_pallas(x, qweight, scales, offsets, group_size=group_size, kind=kind, backend=backend,
+                        interpret=interpret, block_m=block_m, block_n=block_n, block_k=block_k)
+
+
+def int8_matmul(x: jax.Array, qweight: jax.Array, scales: jax.Array, *, group_size: int, impl: str = "auto",
+                interpret: bool | None = None, block_m: int = 32, block_n: int = 128, block_k: int = 256) -> jax.Array:
+    """`x @ (qweight * scales)` for int8 weights (GGUF Q8_0 blocks; W8A16 with group_size = K).
+
+    Args:
+      x: `[m, K]` activations.
+      qweight: `[K, N]` int8.
+      scales: `[G, N]` float, G = K // group_size.
+      group_size: rows of K per group (divides K).
+      impl, interpret, block_m, block_n, block_k: as `int4_matmul` (block_k is rounded up to
+        one group when the group is larger).
+
+    Returns:
+      `[m, N]` in x.dtype; products accumulated in fp32.
+    """
+    impl, backend, interpret = _resolve_impl(impl, interpret)
+    if impl == "reference":
+        return int8_matmul_reference(x, qweight, scales, group_size=group_size)
+    _check(x, qweight, scales, None, group_size, bits=8)
+    block_k = max(block_k // group_size, 1) * group_size
+    return _int8_pallas(x, qweight, scales, group_size=group_size, backend=backend, interpret=interpret,
                         block_m=block_m, block_n=block_n, block_k=block_k)

@@ -16,6 +16,7 @@ Examples:
   puyu quantize ppl out/smollm2-awq                          a quantized directory loads like any model
   puyu quantize ppl smollm2 --quant int4 --method awq        quantize in memory, then score
   puyu quantize ppl smollm2 --kv int8                        score through the serving engine's int8 paged KV
+  puyu quantize ppl smollm2 --quant native                   the GGUF's own Q4_1 / Q8_0 blocks, not dequantized
 
 A quantized directory (quant.yaml + model.safetensors + tokenizer/) is a MODEL source for
 every command (`puyu generate out/smollm2-awq -p ...`).
@@ -62,7 +63,7 @@ def _quantize(pre, args, log):
 
 def _cmd_int4(args) -> int:
     from puyu_jax.pretrained import load_pretrained
-    from puyu_jax.quant.model import int4_nbytes, save_quantized
+    from puyu_jax.quant.model import save_quantized, weight_nbytes
 
     def log(s):
         print(s, file=sys.stderr)
@@ -71,8 +72,8 @@ def _cmd_int4(args) -> int:
     q, extra = _quantize(pre, args, log)
     save_quantized(q, args.out, tokenizer=pre.tokenizer, method=args.method,
                    extra={"source": str(args.model), **extra})
-    sizes = int4_nbytes(q)
-    print(f"wrote int4 {args.method} model to {args.out}: {sizes['int4'] / 2**20:.1f} MiB int4 kernels "
+    sizes = weight_nbytes(q)
+    print(f"wrote int4 {args.method} model to {args.out}: {sizes['quantized'] / 2**20:.1f} MiB int4 kernels "
           f"+ {sizes['float'] / 2**20:.1f} MiB float parameters")
     return 0
 
@@ -85,7 +86,12 @@ def _cmd_ppl(args) -> int:
     def log(s):
         print(s, file=sys.stderr)
 
-    pre = load_pretrained(args.model)
+    if args.quant == "native":
+        from puyu_jax.quant.gguf import load_native
+
+        pre = load_native(args.model)
+    else:
+        pre = load_pretrained(args.model)
     tokenizer = pre.tokenizer
     if args.tokenizer:
         from puyu_jax.tokenizer import load_tokenizer
@@ -94,7 +100,7 @@ def _cmd_ppl(args) -> int:
     if tokenizer is None:
         raise FileNotFoundError(f"{args.model} has no tokenizer: pass --tokenizer")
     model = pre.model
-    label = "int4" if is_quantized(model) else pre.cfg.param_dtype
+    label = "native GGUF blocks" if args.quant == "native" else "int4" if is_quantized(model) else pre.cfg.param_dtype
     if args.quant == "int4":
         if is_quantized(model):
             raise ValueError(f"{args.model} is already quantized; drop --quant")
@@ -138,8 +144,9 @@ def add_parser(sub) -> None:
                          description="Perplexity over non-overlapping windows of --seq-len tokens of --text "
                                      "(default: the shipped held-out Wikipedia slice).")
     pp.add_argument("model", help="model source, a quantized directory included")
-    pp.add_argument("--quant", choices=("none", "int4"), default="none",
-                    help="int4: quantize the (float) model in memory first, with --method / --group-size")
+    pp.add_argument("--quant", choices=("none", "int4", "native"), default="none",
+                    help="int4: quantize the (float) model in memory first, with --method / --group-size; "
+                         "native: a GGUF's Q4_0 / Q4_1 / Q8_0 tensors as they are")
     _common_quant_args(pp)
     pp.add_argument("--kv", choices=("none", "auto", "int8"), default="none",
                     help="score through the serving engine's paged KV cache in this dtype (default: plain forward)")

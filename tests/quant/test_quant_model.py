@@ -9,7 +9,7 @@ import pytest
 from puyu_jax.models import ModelConfig, init_model
 from puyu_jax.quant.int4 import Int4Weight, quantize_int4
 from puyu_jax.quant.model import (
-    Int4Proj,
+    QuantProj,
     dequantized_model,
     is_quantized,
     load_quantized,
@@ -31,7 +31,7 @@ def test_int4_logits_equal_dequantized_float_model(kv_heads, bias):
     model = init_model(cfg, seed=kv_heads)
     q = quantize_model(model, "rtn", group_size=32)  # K=48 pads to 64: exercises the padding
     assert is_quantized(q) and not is_quantized(model)
-    assert isinstance(q.layers[0].attn.o_proj, Int4Proj) and q.layers[0].attn.o_proj.kernel.get_value().n_in == 2
+    assert isinstance(q.layers[0].attn.o_proj, QuantProj) and q.layers[0].attn.o_proj.kernel.get_value().n_in == 2
     tokens = _tokens(cfg)
     got, _ = q(tokens)
     ref, _ = dequantized_model(q)(tokens)
@@ -46,8 +46,8 @@ def test_pallas_kernel_path_matches_reference():
     w = np.random.default_rng(3).normal(0, 0.05, (4, 12, 32)).astype(np.float32)
     x = jnp.asarray(np.random.default_rng(4).normal(0, 1, (1, 3, 4, 12)).astype(np.float32))
     weight = quantize_int4(w, n_in=2, group_size=16)
-    ref = Int4Proj(weight, impl="reference")("bthe,hed->btd", x)
-    got = Int4Proj(weight, impl="pallas")("bthe,hed->btd", x)
+    ref = QuantProj(weight, impl="reference")("bthe,hed->btd", x)
+    got = QuantProj(weight, impl="pallas")("bthe,hed->btd", x)
     assert got.shape == (1, 3, 32)
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(ref), np.einsum("bthe,hed->btd", np.asarray(x), np.asarray(weight.dequantize())),
