@@ -7,6 +7,8 @@ from puyu_jax.kernels.int4_matmul import (
     int8_matmul_reference,
     pack_int4,
     unpack_int4,
+    w8a8_matmul,
+    w8a8_matmul_reference,
 )
 from puyu_jax.kernels.paged_attention import (
     dequantize_kv,
@@ -26,4 +28,6 @@ __all__ = [
     "paged_attention_reference",
     "quantize_kv",
     "unpack_int4",
+    "w8a8_matmul",
+    "w8a8_matmul_reference",
 ]

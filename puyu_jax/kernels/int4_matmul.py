@@ -16,6 +16,9 @@ Layout (shared with the quantizers, the GGUF loader and checkpoints):
 * int4 codes `q` in 0..15 are packed two per byte along K: `qweight: uint8 [K // 2, N]`,
   low nibble = `q[2i, n]`, high nibble = `q[2i+1, n]`.
 * int8 weights (GGUF Q8_0, W8A16): `qweight: int8 [K, N]`, symmetric, `W ~= q * scale`.
+* W8A8 (SmoothQuant): int8 weights with one scale per output column (`scales [1, N]`) and
+  activations quantized per row at run time (`x ~= xq * x_scale`, symmetric int8); the product
+  is an int8 x int8 -> int32 matmul, `y = acc * x_scale * scale`.
 
 Shapes use einsum letters: m rows of activations, K input features, N output features,
 G = K // group_size groups.
@@ -34,7 +37,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 __all__ = ["pack_int4", "unpack_int4", "int4_matmul", "int4_matmul_reference", "int8_matmul", "int8_matmul_reference",
-           "offset_kind"]
+           "offset_kind", "quantize_rows", "w8a8_matmul", "w8a8_matmul_reference"]
 
 KINDS = ("zero", "min", "sym")
 
@@ -368,3 +371,76 @@ def int8_matmul(x: jax.Array, qweight: jax.Array, scales: jax.Array, *, group_si
     block_k = max(block_k // group_size, 1) * group_size
     return _int8_pallas(x, qweight, scales, group_size=group_size, backend=backend, interpret=interpret,
                         block_m=block_m, block_n=block_n, block_k=block_k)
+
+
+def quantize_rows(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-row (per-token) symmetric int8: (xq int8 [m, K], x_scale float32 [m, 1]), x ~= xq * x_scale."""
+    xf = x.astype(jnp.float32)
+    scale = jnp.maximum(jnp.max(jnp.abs(xf), axis=1, keepdims=True), 1e-8) / 127
+    return jnp.clip(jnp.round(xf / scale), -127, 127).astype(jnp.int8), scale
+
+
+def w8a8_matmul_reference(x: jax.Array, qweight: jax.Array, scales: jax.Array) -> jax.Array:
+    """Plain-JAX twin of `w8a8_matmul`: per-token int8 activations, int8 x int8 -> int32 dot.
+
+    Args:
+      x: `[m, K]` float activations (quantized per row here).
+      qweight: `[K, N]` int8.
+      scales: `[1, N]` float, one per output column.
+
+    Returns:
+      `[m, N]` in x.dtype.
+    """
+    _check(x, qweight, scales, None, x.shape[1], bits=8)
+    xq, xs = quantize_rows(x)
+    acc = jax.lax.dot(xq, qweight, preferred_element_type=jnp.int32)
+    return (acc.astype(jnp.float32) * xs * scales.astype(jnp.float32)).astype(x.dtype)
+
+
+def _w8a8_kernel(xq_ref, xs_ref, qw_ref, s_ref, o_ref):
+    """One (m tile, n tile): xq `[bm, K]` int8, xs `[bm, 1]`, qw `[K, bn]` int8, s `[1, bn]`."""
+    acc = jnp.dot(xq_ref[...], qw_ref[...], preferred_element_type=jnp.int32)
+    o_ref[...] = (acc.astype(jnp.float32) * xs_ref[...] * s_ref[...].astype(jnp.float32)).astype(o_ref.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("backend", "interpret", "block_m", "block_n"))
+def _w8a8_pallas(x, qweight, scales, *, backend, interpret, block_m, block_n):
+    m, k, n = x.shape[0], x.shape[1], qweight.shape[1]
+    x, bm, bn, _ = _tiles(x, n, k, block_m, block_n, k)
+    xq, xs = quantize_rows(x)
+    y = pl.pallas_call(
+        _w8a8_kernel,
+        out_shape=_out_struct((x.shape[0], n), x.dtype, xq, xs, qweight, scales),
+        grid=(x.shape[0] // bm, n // bn),
+        in_specs=[
+            pl.BlockSpec((bm, k), lambda i, j: (i, 0)),
+            pl.BlockSpec((bm, 1), lambda i, j: (i, 0)),
+            pl.BlockSpec((k, bn), lambda i, j: (0, j)),
+            pl.BlockSpec((1, bn), lambda i, j: (0, j)),
+        ],
+        out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
+        compiler_params=_compiler_params(backend),
+        interpret=interpret,
+        name="w8a8_matmul",
+    )(xq, xs, qweight, scales)
+    return y[:m]
+
+
+def w8a8_matmul(x: jax.Array, qweight: jax.Array, scales: jax.Array, *, impl: str = "auto",
+                interpret: bool | None = None, block_m: int = 32, block_n: int = 128) -> jax.Array:
+    """`x @ (qweight * scales)` with x quantized to int8 per row: an int8 x int8 -> int32 matmul (W8A8).
+
+    Args:
+      x: `[m, K]` float activations.
+      qweight: `[K, N]` int8.
+      scales: `[1, N]` float, one per output column.
+      impl, interpret, block_m, block_n: as `int4_matmul` (the whole K is one step).
+
+    Returns:
+      `[m, N]` in x.dtype.
+    """
+    impl, backend, interpret = _resolve_impl(impl, interpret)
+    if impl == "reference":
+        return w8a8_matmul_reference(x, qweight, scales)
+    _check(x, qweight, scales, None, x.shape[1], bits=8)
+    return _w8a8_pallas(x, qweight, scales, backend=backend, interpret=interpret, block_m=block_m, block_n=block_n)

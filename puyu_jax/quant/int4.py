@@ -103,6 +103,8 @@ class Int8Weight:
 
     qweight: int8 [Kp, N], Kp = K rounded up to a multiple of group_size.
     scales:  float [Kp // group_size, N].
+    act_bits: 16 (weight-only: float activations) or 8 (W8A8: activations quantized per token
+      at run time; needs one group, i.e. per-channel scales).
     """
 
     qweight: Array
@@ -110,6 +112,7 @@ class Int8Weight:
     shape: tuple[int, ...] = flax.struct.field(pytree_node=False)
     n_in: int = flax.struct.field(pytree_node=False, default=1)
     group_size: int = flax.struct.field(pytree_node=False, default=32)
+    act_bits: int = flax.struct.field(pytree_node=False, default=16)
 
     bits = 8
     kind = "sym"
@@ -213,3 +216,38 @@ def _quantize(w: Array, n_in: int, group_size: int):
     w2 = _pad_rows(w.reshape(k, -1).astype(jnp.float32), group_size)
     q, scales, zeros = quantize_groups(w2, group_size)
     return pack_int4(q), scales, zeros
+
+
+def quantize_int8(w: Array, n_in: int = 1, group_size: int = 0, act_bits: int = 16) -> Int8Weight:
+    """Symmetric int8 RTN of a kernel whose first `n_in` axes are contracted (weight-only W8A16).
+
+    scale = max|W_g| / 127 per (group, column), q = clip(round(W / scale), -127, 127).
+
+    Args:
+      w: the float kernel.
+      n_in: number of leading (input) axes.
+      group_size: rows of K per group; 0 = one group per output channel (the whole K).
+      act_bits: 16 (W8A16) or 8 (W8A8; per-channel only).
+    Returns:
+      An `Int8Weight`.
+    """
+    if act_bits not in (8, 16) or (act_bits == 8 and group_size):
+        raise ValueError(f"act_bits={act_bits} with group_size={group_size}: expected 16, or 8 with group_size 0")
+    shape = tuple(int(s) for s in w.shape)
+    k = math.prod(shape[:n_in])
+    g = group_size or k
+    if g < 1:
+        raise ValueError(f"group_size={group_size} must be >= 0")
+    qweight, scales = _quantize8(jnp.asarray(w), n_in, g)
+    return Int8Weight(qweight, scales, shape, n_in, g, act_bits)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _quantize8(w: Array, n_in: int, group_size: int):
+    k = math.prod(w.shape[:n_in])
+    w2 = _pad_rows(w.reshape(k, -1).astype(jnp.float32), group_size)
+    kp, n = w2.shape
+    g = w2.reshape(kp // group_size, group_size, n)
+    scales = jnp.maximum(jnp.max(jnp.abs(g), axis=1), 1e-8) / 127
+    q = jnp.clip(jnp.round(g / scales[:, None]), -127, 127).astype(jnp.int8)
+    return q.reshape(kp, n), scales

@@ -35,16 +35,16 @@ import numpy as np
 import yaml
 from flax import nnx
 
-from puyu_jax.kernels.int4_matmul import int4_matmul, int8_matmul
+from puyu_jax.kernels.int4_matmul import int4_matmul, int8_matmul, w8a8_matmul
 from puyu_jax.models.config import ModelConfig
 from puyu_jax.models.params import abstract_model, param_shapes
 from puyu_jax.models.transformer import Transformer
-from puyu_jax.quant.int4 import Int4Weight, Int8Weight, QuantWeight, quantize_int4
+from puyu_jax.quant.int4 import Int4Weight, Int8Weight, QuantWeight, quantize_int4, quantize_int8
 
 QUANT_YAML = "quant.yaml"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "puyu-int4"
-METHODS = ("rtn", "awq")
+METHODS = ("rtn", "awq", "smoothquant")
 PROJECTIONS = ("attn/q_proj", "attn/k_proj", "attn/v_proj", "attn/o_proj", "mlp/gate_proj", "mlp/up_proj", "mlp/down_proj")
 EMBED = "embed/embedding"
 _QUANT_FIELDS = ("qweight", "scales", "zeros", "mins")
@@ -69,6 +69,8 @@ def quant_matmul(x2: jax.Array, w: QuantWeight, impl: str = "auto") -> jax.Array
     if pad:
         x2 = jnp.pad(x2, ((0, 0), (0, pad)))
     kwargs = {} if impl == "reference" else {"block_n": _block_n(w.out_features)}
+    if isinstance(w, Int8Weight) and w.act_bits == 8:
+        return w8a8_matmul(x2, w.qweight, w.scales, impl=impl, **kwargs)
     if isinstance(w, Int8Weight):
         return int8_matmul(x2, w.qweight, w.scales, group_size=w.group_size, impl=impl, **kwargs)
     return int4_matmul(x2, w.qweight, w.scales, w.zeros, mins=w.mins, group_size=w.group_size, impl=impl, **kwargs)
@@ -173,20 +175,25 @@ def quantize_model(
     awq_config: Any = None,
     impl: str = "auto",
     report: dict | None = None,
+    bits: int = 4,
 ) -> Transformer:
     """A new model whose projections hold int4 weights (the source model is unchanged).
 
     Args:
       model: a float Transformer.
-      method: "rtn" (round-to-nearest per group) or "awq" (activation-aware scaling and
-        clipping, then RTN; needs `calib_tokens`).
+      method: "rtn" (round-to-nearest per group), "awq" (activation-aware scaling and
+        clipping, then RTN; needs `calib_tokens`) or "smoothquant" (W8A8: activation outliers
+        moved into the weights by per-channel factors folded into the norms / up_proj, then
+        per-channel int8 weights and per-token int8 activations; needs `calib_tokens`).
       group_size: rows of K per quantization group.
       calib_tokens: int [n, t] calibration token windows (AWQ only); see
         `puyu_jax.quant.awq.calibration_tokens`.
       awq_config: an `AWQConfig` overriding the AWQ search settings (its group_size is
-        replaced by `group_size`).
+        replaced by `group_size`); for smoothquant, a dict of `apply_smoothquant` options.
       impl: `int4_matmul` implementation for the forward ("auto", "pallas", "reference").
       report: optional dict filled with AWQ's per-layer search results.
+      bits: 4 (`Int4Weight`, asymmetric) or 8 (`Int8Weight`, symmetric, RTN only; group_size 0 =
+        per output channel).
     Returns:
       The quantized Transformer.
     """
@@ -194,6 +201,20 @@ def quantize_model(
         raise ValueError(f"method={method!r}: expected one of {METHODS}")
     if is_quantized(model):
         raise ValueError("the model is already quantized")
+    if bits not in (4, 8):
+        raise ValueError(f"bits={bits}: expected 4 or 8")
+    if method == "smoothquant":
+        bits = 8
+    if bits == 8 and method not in ("rtn", "smoothquant"):
+        raise ValueError(f"bits=8 is rtn (W8A16) or smoothquant (W8A8), not {method!r}")
+    if method == "smoothquant":
+        from puyu_jax.quant.smoothquant import apply_smoothquant
+
+        if calib_tokens is None:
+            raise ValueError("method='smoothquant' needs calib_tokens (see puyu_jax.quant.awq.calibration_tokens)")
+        model, sq_report = apply_smoothquant(model, calib_tokens, **(awq_config or {}))
+        if report is not None:
+            report.update(sq_report)
     if method == "awq":
         from puyu_jax.quant.awq import AWQConfig, apply_awq
 
@@ -207,7 +228,13 @@ def quantize_model(
     weights = {}
     for name in target_kernels(model.cfg):
         proj = _module_at(out, name.split("/")[:-1])
-        weights[name] = quantize_int4(proj.kernel.get_value(), n_in_axes(name), group_size)
+        k = proj.kernel.get_value()
+        if method == "smoothquant":
+            weights[name] = quantize_int8(k, n_in_axes(name), 0, act_bits=8)
+        elif bits == 8:
+            weights[name] = quantize_int8(k, n_in_axes(name), group_size)
+        else:
+            weights[name] = quantize_int4(k, n_in_axes(name), group_size)
     return install_weights(out, weights, impl)
 
 
@@ -282,11 +309,12 @@ def save_quantized(
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, np.ndarray] = {}
-    kernels, group_size, bits = [], None, None
+    kernels, group_size, bits, act_bits = [], None, None, 16
     for name, v in _flat_params(model).items():
         if isinstance(v, (Int4Weight, Int8Weight)):
             kernels.append(name)
             group_size, bits = v.group_size, v.bits
+            act_bits = getattr(v, "act_bits", 16)
             for f in _QUANT_FIELDS:
                 if getattr(v, f, None) is not None:
                     tensors[f"{name}/{f}"] = np.asarray(getattr(v, f))
@@ -298,6 +326,7 @@ def save_quantized(
         "model": dataclasses.asdict(model.cfg),
         "quant": {
             "bits": bits,
+            "act_bits": act_bits,
             "method": method,
             "group_size": group_size,
             "layout": "groups along K; int4: qweight uint8 [K/2, N] low nibble = row 2i, (q - zeros) * scales, "
@@ -392,6 +421,8 @@ def load_quantized(directory: str | os.PathLike, *, dtype: str | None = None, im
             raise KeyError(f"{d / QUANT_YAML}: quantized kernel {name!r} is not a parameter of this model")
         arrays = {f: jnp.asarray(tensors[f"{name}/{f}"]) for f in _QUANT_FIELDS if f"{name}/{f}" in tensors}
         weights[name] = quant_weight(name, kernel_shape(name, shapes[name].shape), **arrays)
+        if isinstance(weights[name], Int8Weight) and int(meta["quant"].get("act_bits", 16)) == 8:
+            weights[name] = weights[name].replace(act_bits=8)
     floats = {k: v for k, v in tensors.items() if k in shapes and k not in kernels}
     model = assemble_model(cfg, floats, weights, impl, source=str(d / WEIGHTS_FILE))
     tokenizer = None

@@ -174,23 +174,25 @@ def _form_rows(args):
             xo = x[:, 1::2].reshape(-1, k // g, g // 2, 1)
             return jnp.sum(xe * (lo * sf + mf) + xo * (hi * sf + mf), axis=(1, 2))
 
+        # weights are arguments, not closed-over constants (XLA would fold the dequantization away)
         forms = [
-            ("f32 dot", lambda x: jnp.dot(x, w32), 4 * k * n),
-            ("bf16 dot", lambda x: jnp.dot(x.astype(jnp.bfloat16), w16, preferred_element_type=jnp.float32),
-             2 * k * n),
-            ("int8 x int8 -> int32 dot", lambda x: int8_dot(x, q8c, sc), k * n),
-            ("int8 g32: dequant, f32 dot", lambda x: int8_matmul_reference(x, q8, s, group_size=g), k * n),
-            ("int4 g32 min: dequant, f32 dot", lambda x: int4_matmul_reference(x, q4, s, group_size=g, mins=mins),
-             k * n // 2),
-            ("int4 g32 min: fused multiply-reduce", lambda x: fused4(x, q4, s, mins), k * n // 2),
+            ("f32 dot", lambda x, w: jnp.dot(x, w), (w32,), 4 * k * n),
+            ("bf16 dot", lambda x, w: jnp.dot(x.astype(jnp.bfloat16), w, preferred_element_type=jnp.float32),
+             (w16,), 2 * k * n),
+            ("int8 x int8 -> int32 dot", int8_dot, (q8c, sc), k * n),
+            ("int8 g32: dequant, f32 dot", lambda x, q, s: int8_matmul_reference(x, q, s, group_size=g), (q8, s),
+             k * n),
+            ("int4 g32 min: dequant, f32 dot",
+             lambda x, q, s, m: int4_matmul_reference(x, q, s, group_size=g, mins=m), (q4, s, mins), k * n // 2),
+            ("int4 g32 min: fused multiply-reduce", fused4, (q4, s, mins), k * n // 2),
         ]
         for m in args.ms:
             x = jnp.asarray(rng.standard_normal((m, k)), jnp.float32)
-            for label, f, wbytes in forms:
+            for label, f, weights, wbytes in forms:
                 if "multiply-reduce" in label and m * k * n > 64 * 2**20:
                     continue  # compute-bound there: far slower than any dot, not worth the wait
                 fn = jax.jit(f)
-                t = _median_s(lambda: fn(x).block_until_ready(), args.repeats)
+                t = _median_s(lambda: fn(x, *weights).block_until_ready(), args.repeats)
                 rows.append(("x @ W forms", f"{name} m={m}", label, t, wbytes))
     return rows
 
