@@ -75,7 +75,7 @@ def test_smoothquant_beats_plain_w8a8_on_outliers(tmp_path):
     w = q.layers[0].attn.q_proj.kernel.get_value()
     assert isinstance(w, Int8Weight) and w.act_bits == 8 and w.group_size == TINY.hidden_size
     print(f"rms logit error: W8A16 {w16:.4g}, W8A8 {plain:.4g}, SmoothQuant W8A8 {smooth:.4g}")
-    assert smooth < 0.6 * plain, (smooth, plain)
+    assert smooth < 0.7 * plain, (smooth, plain)  # measured 0.57 (W8A8 0.0038, smoothed 0.0022)
     save_quantized(q, tmp_path / "w8a8", method="smoothquant")
     loaded = load_quantized(tmp_path / "w8a8").model
     assert loaded.layers[1].mlp.down_proj.kernel.get_value().act_bits == 8
