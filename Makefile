@@ -45,9 +45,11 @@ demo: install
 	$(PUYU) agent "What is 37 * 91 + 5? Use the python tool." --config configs/agent/smollm2-react.yaml --llm $(DEMO)/smollm2 --out $(DEMO)/agent
 	@echo "== agent: the origin documents' a_n*b_n question (17411) through the InternLM2 protocol, code run in the sandbox"
 	$(PUYU) agent "a_n is an arithmetic sequence with first term 1 and common difference 2; b_n is a geometric sequence with first term 1 and common ratio 2. Compute a_1*b_1 + a_2*b_2 + ... + a_10*b_10 with Python." --config configs/agent/smollm2-internlm2.yaml --llm $(DEMO)/smollm2 --out $(DEMO)/agent-internlm2
-	@echo "== quantize: SmolLM2 to int4 (round-to-nearest, groups of 128), then ask it through the pipeline API"
-	$(PUYU) quantize int4 $(DEMO)/smollm2 $(DEMO)/smollm2-int4 --method rtn
-	$(PY) -c "from puyu_jax import pipeline, GenerationConfig; p = pipeline('$(DEMO)/smollm2-int4', kv='int8'); \
+	@echo "== quantize: SmolLM2's own Q4_1 / Q8_0 GGUF blocks served as they are (quant=native): perplexity next to fp32, then a chat through the pipeline API"
+	$(PUYU) quantize ppl smollm2 --quiet --json $(DEMO)/ppl-fp32.json
+	$(PUYU) quantize ppl smollm2 --quant native --quiet --json $(DEMO)/ppl-native.json
+	$(PY) -c "from puyu_jax import pipeline, GenerationConfig; p = pipeline('smollm2', quant='native', kv='int8'); \
+	  print(f'resident weights: {p.engine.weight_bytes / 2**20:.1f} MiB'); \
 	  print(p.chat([{'role': 'user', 'content': 'What is the capital of France?'}], GenerationConfig(max_new_tokens=24)).text)"
 	@echo "== serve + eval: SmolLM2 behind the OpenAI API; a chat question through the openai client, ARC-e / PIQA subsets scored through the API, then SIGTERM"
 	$(PY) tools/demo_serve.py $(DEMO)/smollm2 --port 23334 --eval-out $(DEMO)/eval

@@ -7,6 +7,10 @@ Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, the K-quants, IQ*, ...).
 llama.cpp's converter permutes the rows of Q and K for llama-style
 architectures (HF rotate_half order -> interleaved pairs); `unpermute_qk`
 undoes that, so the flat dict is in HF order like everything else.
+
+`load_gguf(..., keep_types=("Q4_1", ...))` leaves the weight matrices of those types as
+they are in the file (`GGUFBlocks`: the raw block bytes per row, rows already in HF order);
+`puyu_jax.quant.gguf` turns them into the engine's quantized weights without a float copy.
 """
 
 from __future__ import annotations
@@ -59,6 +63,16 @@ GGUF_NAMES: dict[str, str] = {
     "layers/{i}/mlp/down_proj/kernel": "blk.{i}.ffn_down.weight",
 }
 ROPE_FREQS = "rope_freqs.weight"  # llama3 rope scaling, stored as per-frequency factors
+
+
+@dataclass
+class GGUFBlocks:
+    """A quantized GGUF matrix as stored: `rows` uint8 [N, bytes per row] of `type_name` blocks
+    along K, for the numpy-order (HF Linear) shape `shape` = (N, K)."""
+
+    type_name: str
+    rows: np.ndarray
+    shape: tuple[int, int]
 
 
 @dataclass
@@ -215,8 +229,13 @@ def _meta(path: Path, reader: Any) -> GGUFMeta:
     return GGUFMeta(path, arch, md, {t.name: t.tensor_type.name for t in reader.tensors})
 
 
-def load_gguf(path: str | os.PathLike, dtype: Any = np.float32) -> tuple[ModelConfig, dict[str, np.ndarray], GGUFMeta]:
-    """Read a GGUF file into (cfg, flat dict in HF order, metadata); tensors dequantized to `dtype`."""
+def load_gguf(
+    path: str | os.PathLike, dtype: Any = np.float32, keep_types: tuple[str, ...] = ()
+) -> tuple[ModelConfig, dict[str, Any], GGUFMeta]:
+    """Read a GGUF file into (cfg, flat dict in HF order, metadata); tensors dequantized to `dtype`.
+
+    Kernels and the embedding whose GGML type is in `keep_types` come back as `GGUFBlocks`
+    instead (see the module docstring)."""
     import gguf
 
     path = Path(path)
@@ -235,7 +254,17 @@ def load_gguf(path: str | os.PathLike, dtype: Any = np.float32) -> tuple[ModelCo
     permuted = ARCHITECTURES[meta.architecture][1]
     flat: dict[str, np.ndarray] = {}
     for key, name in _progress(list(names.items()), "gguf -> flat"):
-        w = dequantize_tensor(tensors[name])
+        t = tensors[name]
+        if t.tensor_type.name in keep_types and (key.endswith("/kernel") or key == "embed/embedding"):
+            n_k = tuple(int(x) for x in reversed(t.shape.tolist()))
+            rows = np.asarray(t.data).reshape(-1, t.data.shape[-1])
+            if permuted and "/q_proj/" in key:
+                rows = unpermute_qk(rows, cfg.num_heads)
+            elif permuted and "/k_proj/" in key:
+                rows = unpermute_qk(rows, cfg.num_kv_heads)
+            flat[key] = GGUFBlocks(t.tensor_type.name, rows, (math.prod(n_k[:-1]), n_k[-1]))
+            continue
+        w = dequantize_tensor(t)
         if permuted and "/q_proj/" in key:
             w = unpermute_qk(w, cfg.num_heads)
         elif permuted and "/k_proj/" in key:

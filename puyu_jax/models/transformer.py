@@ -192,6 +192,22 @@ class Attention(nnx.Module):
         return self.o_proj("bthe,hed->btd", out), kv_cache
 
 
+class Embed(nnx.Module):
+    """Token embedding `embedding [V, D]`; `attend` is the tied lm_head (quantized models swap
+    in a module with the same two methods, see `puyu_jax.quant.model`)."""
+
+    def __init__(self, rngs, vocab: int, dim: int, dtype):
+        self.embedding = declare_param(rngs, (vocab, dim), ("vocab", "embed"), dtype)
+
+    def __call__(self, tokens: Array) -> Array:
+        """tokens [b, t] -> [b, t, D] in the parameter dtype."""
+        return jnp.take(self.embedding[...], tokens, axis=0)
+
+    def attend(self, x: Array) -> Array:
+        """x [b, t, D] -> logits [b, t, V] in x.dtype."""
+        return jnp.einsum("btd,vd->btv", x, self.embedding[...].astype(x.dtype))
+
+
 class MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, f, pd = cfg.hidden_size, cfg.intermediate_size, jnp.dtype(cfg.param_dtype)
@@ -228,8 +244,7 @@ class Transformer(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         pd = jnp.dtype(cfg.param_dtype)
         self.cfg = cfg
-        self.embed = nnx.Module()
-        self.embed.embedding = declare_param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), pd)
+        self.embed = Embed(rngs, cfg.vocab_size, cfg.hidden_size, pd)
         self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
         self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=pd, rngs=rngs)
         if not cfg.tie_word_embeddings:
@@ -277,7 +292,7 @@ class Transformer(nnx.Module):
             seq_len = cache.length + t - jnp.min(cache.starts)
         inv_freq = rope_inv_freq(cfg.rope, cfg.dim_per_head, cfg.max_position_embeddings, seq_len)
 
-        x = constrain(jnp.take(self.embed.embedding[...], tokens, axis=0).astype(dtype), ("batch", "length", "embed"))
+        x = constrain(self.embed(tokens).astype(dtype), ("batch", "length", "embed"))
         new_k, new_v = [], []
         scanned = cfg.scan_layers and cache is None
         if scanned:
@@ -297,7 +312,7 @@ class Transformer(nnx.Module):
             x = x[:, -1:]
         x = self.final_norm(x)
         if cfg.tie_word_embeddings:
-            logits = jnp.einsum("btd,vd->btv", x, self.embed.embedding[...].astype(dtype))
+            logits = self.embed.attend(x)
         else:
             logits = self.lm_head("btd,dv->btv", x)
         logits = logits.astype(jnp.float32)
@@ -312,7 +327,7 @@ class Transformer(nnx.Module):
         dtype = jnp.dtype(cfg.dtype)
         positions = cache.positions
         inv_freq = rope_inv_freq(cfg.rope, cfg.dim_per_head, cfg.max_position_embeddings, jnp.max(positions) + 1)
-        x = constrain(jnp.take(self.embed.embedding[...], tokens, axis=0).astype(dtype), ("batch", "length", "embed"))
+        x = constrain(self.embed(tokens).astype(dtype), ("batch", "length", "embed"))
         for i, layer in enumerate(self.layers):
             x, view = layer(x, positions, inv_freq, None, cache.layer(i))
             cache = view.cache
@@ -322,7 +337,7 @@ class Transformer(nnx.Module):
             x = jnp.take_along_axis(x, index[:, :, None], axis=1)  # [b, S, d]
         x = self.final_norm(x)
         if cfg.tie_word_embeddings:
-            logits = jnp.einsum("btd,vd->btv", x, self.embed.embedding[...].astype(dtype))
+            logits = self.embed.attend(x)
         else:
             logits = self.lm_head("btd,dv->btv", x)
         return logits.astype(jnp.float32), cache

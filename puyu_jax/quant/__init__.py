@@ -8,7 +8,7 @@
     q = quantize_model(pre.model, "awq", group_size=128, calib_tokens=calib)
     save_quantized(q, "out/smollm2-awq", tokenizer=pre.tokenizer, method="awq")
 
-Every q/k/v/o/gate/up/down projection becomes an `Int4Proj` holding an `Int4Weight`
+Every q/k/v/o/gate/up/down projection becomes a `QuantProj` holding an `Int4Weight`
 (group-wise asymmetric int4 with zero points, packed two per byte in the layout of
 `puyu_jax.kernels.int4_matmul`) and runs `int4_matmul`; embeddings, norms and lm_head stay
 float. `puyu quantize int4|ppl` is the command line.
@@ -31,9 +31,10 @@ model tree. So the numerics (RTN, AWQ scale and clip search, folding) are writte
 """
 
 from puyu_jax.quant.awq import AWQConfig, apply_awq, calibration_tokens
-from puyu_jax.quant.int4 import Int4Weight, quantize_int4
+from puyu_jax.quant.int4 import Int4Weight, Int8Weight, quantize_int4
 from puyu_jax.quant.model import (
-    Int4Proj,
+    QuantEmbed,
+    QuantProj,
     dequantized_model,
     is_quantized,
     load_quantized,
@@ -44,7 +45,9 @@ from puyu_jax.quant.perplexity import PerplexityResult, perplexity, text_token_i
 
 __all__ = [
     "AWQConfig",
-    "Int4Proj",
+    "Int8Weight",
+    "QuantEmbed",
+    "QuantProj",
     "Int4Weight",
     "PerplexityResult",
     "apply_awq",

@@ -12,10 +12,13 @@ EPILOG = """\
 Examples:
   puyu quantize int4 smollm2 out/smollm2-awq                 AWQ, groups of 128, shipped C4 calibration
   puyu quantize int4 smollm2 out/smollm2-rtn --method rtn
+  puyu quantize int8 smollm2 out/smollm2-int8               int8 weight-only, one scale per output channel
+  puyu quantize w8a8 smollm2 out/smollm2-w8a8               SmoothQuant W8A8 (int8 weights and activations)
   puyu quantize ppl smollm2                                  fp perplexity on the shipped held-out wiki text
   puyu quantize ppl out/smollm2-awq                          a quantized directory loads like any model
   puyu quantize ppl smollm2 --quant int4 --method awq        quantize in memory, then score
   puyu quantize ppl smollm2 --kv int8                        score through the serving engine's int8 paged KV
+  puyu quantize ppl smollm2 --quant native                   the GGUF's own Q4_1 / Q8_0 blocks, not dequantized
 
 A quantized directory (quant.yaml + model.safetensors + tokenizer/) is a MODEL source for
 every command (`puyu generate out/smollm2-awq -p ...`).
@@ -33,13 +36,31 @@ def _common_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search-tokens", type=int, default=2048,
                    help="calibration tokens on which each AWQ scale candidate is scored (default 2048; 0 = all)")
     p.add_argument("--no-clip", action="store_true", help="AWQ without the weight clipping search")
+    p.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant migration strength (w8a8; default 0.5)")
 
 
-def _quantize(pre, args, log):
+def _quantize(pre, args, log, bits: int = 4):
     from puyu_jax.quant.awq import AWQConfig, calibration_tokens, read_texts
     from puyu_jax.quant.model import quantize_model
 
     calib, extra = None, {}
+    if getattr(args, "w8a8", False):
+        if pre.tokenizer is None:
+            raise FileNotFoundError("SmoothQuant calibration needs a tokenizer: the model source has none")
+        texts = read_texts(args.calib) if args.calib else None
+        calib = calibration_tokens(pre.tokenizer, texts, args.calib_samples, args.calib_seq_len)
+        t0 = time.time()
+        q = quantize_model(pre.model, "smoothquant", calib_tokens=calib, awq_config={"alpha": args.alpha})
+        log(f"quantized (W8A8 SmoothQuant, alpha {args.alpha}, {calib.shape[0]} x {calib.shape[1]} calibration "
+            f"tokens) in {time.time() - t0:.1f} s")
+        return q, {"calib": str(args.calib or "shipped C4 slice"), "calib_tokens": int(calib.size),
+                   "alpha": args.alpha}
+    if bits == 8:
+        t0 = time.time()
+        q = quantize_model(pre.model, "rtn", args.group_size, bits=8)
+        log(f"quantized (int8 rtn, {'per channel' if not args.group_size else f'g{args.group_size}'}) "
+            f"in {time.time() - t0:.1f} s")
+        return q, extra
     if args.method == "awq":
         if pre.tokenizer is None:
             raise FileNotFoundError("AWQ calibration needs a tokenizer: the model source has none")
@@ -62,17 +83,19 @@ def _quantize(pre, args, log):
 
 def _cmd_int4(args) -> int:
     from puyu_jax.pretrained import load_pretrained
-    from puyu_jax.quant.model import int4_nbytes, save_quantized
+    from puyu_jax.quant.model import save_quantized, weight_nbytes
 
     def log(s):
         print(s, file=sys.stderr)
 
     pre = load_pretrained(args.model)
-    q, extra = _quantize(pre, args, log)
-    save_quantized(q, args.out, tokenizer=pre.tokenizer, method=args.method,
+    bits = getattr(args, "bits", 4)
+    method = "smoothquant" if getattr(args, "w8a8", False) else "rtn" if bits == 8 else args.method
+    q, extra = _quantize(pre, args, log, bits)
+    save_quantized(q, args.out, tokenizer=pre.tokenizer, method=method,
                    extra={"source": str(args.model), **extra})
-    sizes = int4_nbytes(q)
-    print(f"wrote int4 {args.method} model to {args.out}: {sizes['int4'] / 2**20:.1f} MiB int4 kernels "
+    sizes = weight_nbytes(q)
+    print(f"wrote int{bits} {method} model to {args.out}: {sizes['quantized'] / 2**20:.1f} MiB int{bits} kernels "
           f"+ {sizes['float'] / 2**20:.1f} MiB float parameters")
     return 0
 
@@ -85,7 +108,12 @@ def _cmd_ppl(args) -> int:
     def log(s):
         print(s, file=sys.stderr)
 
-    pre = load_pretrained(args.model)
+    if args.quant == "native":
+        from puyu_jax.quant.gguf import load_native
+
+        pre = load_native(args.model)
+    else:
+        pre = load_pretrained(args.model)
     tokenizer = pre.tokenizer
     if args.tokenizer:
         from puyu_jax.tokenizer import load_tokenizer
@@ -94,12 +122,20 @@ def _cmd_ppl(args) -> int:
     if tokenizer is None:
         raise FileNotFoundError(f"{args.model} has no tokenizer: pass --tokenizer")
     model = pre.model
-    label = "int4" if is_quantized(model) else pre.cfg.param_dtype
-    if args.quant == "int4":
+    label = "native GGUF blocks" if args.quant == "native" else "int4" if is_quantized(model) else pre.cfg.param_dtype
+    args.w8a8 = args.quant == "w8a8"
+    if args.w8a8:
         if is_quantized(model):
             raise ValueError(f"{args.model} is already quantized; drop --quant")
-        model, _ = _quantize(pre, args, log)
-        label = f"int4 {args.method} g{args.group_size}"
+        model, _ = _quantize(pre, args, log, 8)
+        label = f"w8a8 smoothquant alpha {args.alpha}"
+    elif args.quant in ("int4", "int8"):
+        if is_quantized(model):
+            raise ValueError(f"{args.model} is already quantized; drop --quant")
+        bits = int(args.quant[3:])
+        model, _ = _quantize(pre, args, log, bits)
+        label = f"int4 {args.method} g{args.group_size}" if bits == 4 else \
+            f"int8 rtn {'per channel' if not args.group_size else f'g{args.group_size}'}"
     text = Path(args.text).read_text(encoding="utf-8") if args.text else heldout_text()
     ids = text_token_ids(tokenizer, text)
     kv = None if args.kv == "none" else args.kv
@@ -134,12 +170,31 @@ def add_parser(sub) -> None:
     _common_quant_args(q)
     q.set_defaults(fn=_cmd_int4)
 
+    q8 = qsub.add_parser("int8", help="quantize MODEL to int8 weight-only (W8A16) and write a quantized directory OUT",
+                         description="Round every q/k/v/o/gate/up/down projection to symmetric int8 (per output "
+                                     "channel, or groups of --group-size along K).")
+    q8.add_argument("model", help="model source (see `puyu --help`)")
+    q8.add_argument("out", help="output directory")
+    q8.add_argument("--group-size", type=int, default=0, help="rows of K per scale (default 0: per output channel)")
+    q8.set_defaults(fn=_cmd_int4, bits=8, method="rtn")
+
+    w8 = qsub.add_parser("w8a8", help="SmoothQuant MODEL to W8A8 (int8 weights and per-token int8 activations)",
+                         description="Fold SmoothQuant factors (max|X|^alpha / max|W|^(1-alpha), from calibration "
+                                     "text) into the norms / up_proj, then round the projections to per-channel "
+                                     "int8; activations are quantized per token at run time.")
+    w8.add_argument("model", help="model source (see `puyu --help`)")
+    w8.add_argument("out", help="output directory")
+    _common_quant_args(w8)
+    w8.set_defaults(fn=_cmd_int4, bits=8, w8a8=True)
+
     pp = qsub.add_parser("ppl", help="perplexity of MODEL on held-out text",
                          description="Perplexity over non-overlapping windows of --seq-len tokens of --text "
                                      "(default: the shipped held-out Wikipedia slice).")
     pp.add_argument("model", help="model source, a quantized directory included")
-    pp.add_argument("--quant", choices=("none", "int4"), default="none",
-                    help="int4: quantize the (float) model in memory first, with --method / --group-size")
+    pp.add_argument("--quant", choices=("none", "int4", "int8", "w8a8", "native"), default="none",
+                    help="int4 / int8: quantize the (float) model in memory first, with --method / --group-size "
+                         "(int8: round-to-nearest, --group-size 0 = per channel); "
+                         "native: a GGUF's Q4_0 / Q4_1 / Q8_0 tensors as they are")
     _common_quant_args(pp)
     pp.add_argument("--kv", choices=("none", "auto", "int8"), default="none",
                     help="score through the serving engine's paged KV cache in this dtype (default: plain forward)")

@@ -1,4 +1,4 @@
-"""Group-wise asymmetric int4 weights (round-to-nearest) in the `int4_matmul` layout.
+"""Group-wise int4 / int8 weights in the `int4_matmul` / `int8_matmul` layouts, and the RTN quantizer.
 
 A kernel of any shape is viewed as `W [K, N]` with K its first `n_in` (contracted) axes
 flattened and N the rest, so that `y = x @ W`. Along K it is cut into groups of
@@ -15,6 +15,10 @@ When K is not a multiple of `group_size` (SmolLM2's hidden size 576 with groups 
 weight is padded to the next multiple by repeating its last row, so the padded group's
 min / max are those of its real rows; activations are zero-padded to match at run time and
 the padded rows never contribute.
+
+`Int4Weight` also holds the other kinds of `puyu_jax.kernels.int4_matmul` (float minimums,
+GGUF Q4_1; symmetric, Q4_0), and `Int8Weight` holds int8 groups (Q8_0): the GGUF loader
+(`puyu_jax.quant.gguf`) fills them from the file's blocks as they are.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from puyu_jax.kernels.int4_matmul import pack_int4, unpack_int4
+from puyu_jax.kernels.int4_matmul import _dequant, offset_kind, pack_int4, unpack_int4
 
 Array = jax.Array
 QMAX = 15
@@ -37,16 +41,24 @@ class Int4Weight:
     """A kernel of `shape` stored as packed int4 groups (see the module docstring).
 
     qweight: uint8 [Kp // 2, N], Kp = K rounded up to a multiple of group_size.
-    scales:  float32 [Kp // group_size, N].
-    zeros:   float32 [Kp // group_size, N], integer values 0..15.
+    scales:  float [Kp // group_size, N].
+    zeros:   float [Kp // group_size, N], integer values 0..15 (w = (q - zero) * scale), or None.
+    mins:    float [Kp // group_size, N] (w = q * scale + min), or None. Neither: w = (q - 8) * scale.
     """
 
     qweight: Array
     scales: Array
-    zeros: Array
+    zeros: Array | None
     shape: tuple[int, ...] = flax.struct.field(pytree_node=False)
     n_in: int = flax.struct.field(pytree_node=False, default=1)
     group_size: int = flax.struct.field(pytree_node=False, default=128)
+    mins: Array | None = None
+
+    bits = 4
+
+    @property
+    def kind(self) -> str:
+        return offset_kind(self.zeros, self.mins)
 
     @property
     def in_features(self) -> int:
@@ -62,17 +74,81 @@ class Int4Weight:
 
     @property
     def nbytes(self) -> int:
-        return sum(int(x.size) * x.dtype.itemsize for x in (self.qweight, self.scales, self.zeros))
+        arrays = (self.qweight, self.scales, self.zeros, self.mins)
+        return sum(int(x.size) * x.dtype.itemsize for x in arrays if x is not None)
 
     def dequantize_2d(self, dtype=jnp.float32) -> Array:
         """The weight as `[K, N]` (padding rows dropped)."""
-        return dequantize_groups(unpack_int4(self.qweight), self.scales, self.zeros, self.group_size)[
-            : self.in_features
-        ].astype(dtype)
+        return self.dequantize_columns(slice(None), dtype)
+
+    def dequantize_columns(self, cols, dtype=jnp.float32) -> Array:
+        """Columns `cols` (an index array or slice over N) of the weight, `[K, len(cols)]`."""
+        g = self.group_size
+        q = unpack_int4(self.qweight[:, cols]).astype(jnp.float32)
+        k, n = q.shape
+        off = self.zeros if self.mins is None else self.mins
+        s = self.scales[:, cols].astype(jnp.float32)[:, None]
+        o = None if off is None else off[:, cols].astype(jnp.float32)[:, None]
+        w = _dequant(q.reshape(k // g, g, n), s, o, self.kind).reshape(k, n)
+        return w[: self.in_features].astype(dtype)
 
     def dequantize(self, dtype=jnp.float32) -> Array:
         """The weight in its original kernel shape."""
         return self.dequantize_2d(dtype).reshape(self.shape)
+
+
+@flax.struct.dataclass
+class Int8Weight:
+    """A kernel of `shape` stored as symmetric int8 groups along K: w = q * scale.
+
+    qweight: int8 [Kp, N], Kp = K rounded up to a multiple of group_size.
+    scales:  float [Kp // group_size, N].
+    act_bits: 16 (weight-only: float activations) or 8 (W8A8: activations quantized per token
+      at run time; needs one group, i.e. per-channel scales).
+    """
+
+    qweight: Array
+    scales: Array
+    shape: tuple[int, ...] = flax.struct.field(pytree_node=False)
+    n_in: int = flax.struct.field(pytree_node=False, default=1)
+    group_size: int = flax.struct.field(pytree_node=False, default=32)
+    act_bits: int = flax.struct.field(pytree_node=False, default=16)
+
+    bits = 8
+    kind = "sym"
+
+    @property
+    def in_features(self) -> int:
+        return math.prod(self.shape[: self.n_in])
+
+    @property
+    def out_features(self) -> int:
+        return math.prod(self.shape[self.n_in :])
+
+    @property
+    def padded_in_features(self) -> int:
+        return self.qweight.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(x.size) * x.dtype.itemsize for x in (self.qweight, self.scales))
+
+    def dequantize_columns(self, cols, dtype=jnp.float32) -> Array:
+        """Columns `cols` (an index array or slice over N) of the weight, `[K, len(cols)]`."""
+        g = self.group_size
+        q = self.qweight[:, cols].astype(jnp.float32)
+        k, n = q.shape
+        w = (q.reshape(k // g, g, n) * self.scales[:, cols].astype(jnp.float32)[:, None]).reshape(k, n)
+        return w[: self.in_features].astype(dtype)
+
+    def dequantize_2d(self, dtype=jnp.float32) -> Array:
+        return self.dequantize_columns(slice(None), dtype)
+
+    def dequantize(self, dtype=jnp.float32) -> Array:
+        return self.dequantize_2d(dtype).reshape(self.shape)
+
+
+QuantWeight = Int4Weight | Int8Weight
 
 
 def _pad_rows(w2: Array, group_size: int) -> Array:
@@ -140,3 +216,38 @@ def _quantize(w: Array, n_in: int, group_size: int):
     w2 = _pad_rows(w.reshape(k, -1).astype(jnp.float32), group_size)
     q, scales, zeros = quantize_groups(w2, group_size)
     return pack_int4(q), scales, zeros
+
+
+def quantize_int8(w: Array, n_in: int = 1, group_size: int = 0, act_bits: int = 16) -> Int8Weight:
+    """Symmetric int8 RTN of a kernel whose first `n_in` axes are contracted (weight-only W8A16).
+
+    scale = max|W_g| / 127 per (group, column), q = clip(round(W / scale), -127, 127).
+
+    Args:
+      w: the float kernel.
+      n_in: number of leading (input) axes.
+      group_size: rows of K per group; 0 = one group per output channel (the whole K).
+      act_bits: 16 (W8A16) or 8 (W8A8; per-channel only).
+    Returns:
+      An `Int8Weight`.
+    """
+    if act_bits not in (8, 16) or (act_bits == 8 and group_size):
+        raise ValueError(f"act_bits={act_bits} with group_size={group_size}: expected 16, or 8 with group_size 0")
+    shape = tuple(int(s) for s in w.shape)
+    k = math.prod(shape[:n_in])
+    g = group_size or k
+    if g < 1:
+        raise ValueError(f"group_size={group_size} must be >= 0")
+    qweight, scales = _quantize8(jnp.asarray(w), n_in, g)
+    return Int8Weight(qweight, scales, shape, n_in, g, act_bits)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _quantize8(w: Array, n_in: int, group_size: int):
+    k = math.prod(w.shape[:n_in])
+    w2 = _pad_rows(w.reshape(k, -1).astype(jnp.float32), group_size)
+    kp, n = w2.shape
+    g = w2.reshape(kp // group_size, group_size, n)
+    scales = jnp.maximum(jnp.max(jnp.abs(g), axis=1), 1e-8) / 127
+    q = jnp.clip(jnp.round(g / scales[:, None]), -127, 127).astype(jnp.int8)
+    return q.reshape(kp, n), scales

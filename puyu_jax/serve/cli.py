@@ -118,7 +118,31 @@ def _cmd_serve(args) -> int:
     if source is None and (configs_dir() / "serve" / "default.yaml").is_file():
         source = configs_dir() / "serve" / "default.yaml"
     cfg = load_config(ServeConfig, source, _overrides(args))
+    if args.quant is None and "quant" not in " ".join(args.overrides) + _read(args.config):
+        cfg = _native_by_default(cfg)
     return run_server(cfg)
+
+
+def _read(path) -> str:
+    from pathlib import Path
+
+    return Path(path).read_text() if path else ""
+
+
+def _native_by_default(cfg: ServeConfig) -> ServeConfig:
+    """A GGUF holding Q4_0 / Q4_1 / Q8_0 tensors is served from them unless --quant says otherwise."""
+    from dataclasses import replace
+
+    from puyu_jax.pretrained import resolve
+    from puyu_jax.quant.gguf import native_types
+
+    kind, path = resolve(cfg.model)
+    types = native_types(path) if kind == "gguf" else {}
+    if not types:
+        return cfg
+    print(f"puyu serve: {path.name} holds {', '.join(sorted(types))} tensors: serving them as they are "
+          "(--quant native; --quant none for float32)", file=sys.stderr, flush=True)
+    return replace(cfg, engine=replace(cfg.engine, quant="native"))
 
 
 class _IntermixedParser:
@@ -155,7 +179,9 @@ def add_parser(sub) -> None:
     p.add_argument("--api-keys", help="comma-separated bearer keys clients must send")
     p.add_argument("--served-model-name", help="the model name clients use (default: the source's name)")
     p.add_argument("--chat-template", help="template name (internlm2, chatml, llama-3, ...) instead of the model's own")
-    p.add_argument("--quant", choices=("none", "int4"), help="weight quantization on load")
+    p.add_argument("--quant", choices=("none", "int4", "native"),
+                   help="weight quantization: int4 on load, or native: a GGUF's Q4_0/Q4_1/Q8_0 tensors as they are "
+                        "(the default for such a GGUF)")
     p.add_argument("--kv", choices=("auto", "int8"), help="KV-cache dtype")
     p.add_argument("--tp", type=int, help="tensor-parallel degree")
     p.add_argument("--max-num-seqs", type=int, help="sequences decoded together")

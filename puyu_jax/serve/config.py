@@ -134,8 +134,9 @@ class EngineConfig:
     max_model_len: context limit (0: the model's max_position_embeddings).
     max_waiting: queued requests before `QueueFullError`.
     kv_dtype: "auto" (the model dtype) or "int8" (per-token, per-head scales).
-    quant: "none" or "int4" (weights quantized on load with `quant_method` unless
-    the checkpoint is already quantized). tp: tensor-parallel degree (devices on a
+    quant: "none", "int4" (weights quantized on load with `quant_method` unless
+    the checkpoint is already quantized) or "native" (a GGUF's Q4_0 / Q4_1 / Q8_0 tensors
+    kept as they are, see `puyu_jax.quant.gguf`). tp: tensor-parallel degree (devices on a
     `tensor` mesh axis). attention_impl: "auto" (Pallas on GPU/TPU, plain JAX on CPU),
     "pallas" or "reference". decode_steps: decode steps run on the device per dispatch
     while no prompt is waiting to start (tokens come back in chunks of up to this many;
@@ -166,7 +167,7 @@ class EngineConfig:
             ("max_num_batched_tokens", self.max_num_batched_tokens >= self.block_size, "must be >= block_size"),
             ("max_waiting", self.max_waiting >= 1, "must be >= 1"),
             ("kv_dtype", self.kv_dtype in ("auto", "int8"), "must be 'auto' or 'int8'"),
-            ("quant", self.quant in ("none", "int4"), "must be 'none' or 'int4'"),
+            ("quant", self.quant in ("none", "int4", "native"), "must be 'none', 'int4' or 'native'"),
             ("quant_method", self.quant_method in ("rtn", "awq"), "must be 'rtn' or 'awq'"),
             ("tp", self.tp >= 1, "must be >= 1"),
             ("decode_steps", 1 <= self.decode_steps <= 64, "must be in [1, 64]"),

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Sequence as Seq
 
+import jax
 import numpy as np
 
 from puyu_jax.models.config import ModelConfig
@@ -40,9 +41,12 @@ class LLMEngine:
     """Continuous-batching engine over one model (optionally tensor-parallel)."""
 
     def __init__(self, model, tokenizer=None, config: EngineConfig = EngineConfig(), model_name: str = "model"):
-        if config.quant == "int4":
+        if config.quant in ("int4", "native"):
             from puyu_jax.quant import is_quantized, quantize_model
 
+            if config.quant == "native" and not is_quantized(model):
+                raise ValueError("engine.quant='native' needs a model loaded from a quantized GGUF "
+                                 "(LLMEngine.from_pretrained('x.gguf', config) or puyu_jax.quant.gguf.load_native)")
             if not is_quantized(model):
                 model = quantize_model(model, method=config.quant_method)
         self.config = config
@@ -58,6 +62,9 @@ class LLMEngine:
         self.scheduler = Scheduler(config, self.blocks)
         self.runner = ModelRunner(model, num_blocks=num_blocks, block_size=bs, kv_dtype=config.kv_dtype, tp=config.tp,
                                   attention_impl=config.attention_impl)
+        # resident parameter bytes (quantized weights count their packed bytes)
+        self.weight_bytes = int(sum(x.nbytes for x in jax.tree.leaves(self.runner.state)))
+        log.info("weights: %.1f MiB resident (quant=%s)", self.weight_bytes / 2**20, config.quant)
         self.groups: dict[str, SequenceGroup] = {}
         self._seq_ids = itertools.count()
         self._finished_out: list[RequestOutput] = []  # aborted requests reported at the next step
@@ -84,7 +91,12 @@ class LLMEngine:
         """Loads a model (any source `puyu_jax.pretrained.load_pretrained` accepts) and its tokenizer."""
         from puyu_jax.pretrained import load_pretrained
 
-        pre = load_pretrained(source, dtype=config.dtype)
+        if config.quant == "native":
+            from puyu_jax.quant.gguf import load_native
+
+            pre = load_native(source, dtype=config.dtype)
+        else:
+            pre = load_pretrained(source, dtype=config.dtype)
         return cls(pre.model, pre.tokenizer, config, model_name=str(source))
 
     # ------------------------------------------------------------------ requests

@@ -112,7 +112,8 @@ def pipeline(model, tokenizer=None, *, quant: str | None = None, kv: str | None 
       model: a source `puyu_jax.pretrained.load_pretrained` accepts ("smollm2", a .gguf,
         a puyu or HF directory, a config name) or a Transformer instance.
       tokenizer: the tokenizer when `model` is an instance.
-      quant: None or "int4" (weight-only, group 128; RTN on load unless already quantized).
+      quant: None, "int4" (weight-only, group 128; RTN on load unless already quantized) or
+        "native" (a GGUF's Q4_0 / Q4_1 / Q8_0 tensors as they are, no float copy).
       kv: None or "int8" (KV cache with per-token, per-head scales).
       tp: tensor-parallel degree.
       engine_config / engine_kwargs: further `EngineConfig` fields.

@@ -9,7 +9,7 @@ import pytest
 from puyu_jax.models import ModelConfig, init_model
 from puyu_jax.quant.int4 import Int4Weight, quantize_int4
 from puyu_jax.quant.model import (
-    Int4Proj,
+    QuantProj,
     dequantized_model,
     is_quantized,
     load_quantized,
@@ -31,7 +31,7 @@ def test_int4_logits_equal_dequantized_float_model(kv_heads, bias):
     model = init_model(cfg, seed=kv_heads)
     q = quantize_model(model, "rtn", group_size=32)  # K=48 pads to 64: exercises the padding
     assert is_quantized(q) and not is_quantized(model)
-    assert isinstance(q.layers[0].attn.o_proj, Int4Proj) and q.layers[0].attn.o_proj.kernel.get_value().n_in == 2
+    assert isinstance(q.layers[0].attn.o_proj, QuantProj) and q.layers[0].attn.o_proj.kernel.get_value().n_in == 2
     tokens = _tokens(cfg)
     got, _ = q(tokens)
     ref, _ = dequantized_model(q)(tokens)
@@ -46,8 +46,8 @@ def test_pallas_kernel_path_matches_reference():
     w = np.random.default_rng(3).normal(0, 0.05, (4, 12, 32)).astype(np.float32)
     x = jnp.asarray(np.random.default_rng(4).normal(0, 1, (1, 3, 4, 12)).astype(np.float32))
     weight = quantize_int4(w, n_in=2, group_size=16)
-    ref = Int4Proj(weight, impl="reference")("bthe,hed->btd", x)
-    got = Int4Proj(weight, impl="pallas")("bthe,hed->btd", x)
+    ref = QuantProj(weight, impl="reference")("bthe,hed->btd", x)
+    got = QuantProj(weight, impl="pallas")("bthe,hed->btd", x)
     assert got.shape == (1, 3, 32)
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(ref), np.einsum("bthe,hed->btd", np.asarray(x), np.asarray(weight.dequantize())),
@@ -72,3 +72,34 @@ def test_save_load_round_trip(tmp_path):
 
     pre = load_pretrained(tmp_path / "q")
     assert is_quantized(pre.model) and load_model_config(tmp_path / "q") == cfg
+
+
+@pytest.mark.parametrize("group_size", [0, 16])  # per output channel; groups of 16 along K
+def test_int8_weight_only_model(tmp_path, group_size):
+    from puyu_jax.quant.int4 import Int8Weight, quantize_int8
+
+    w = np.random.default_rng(7).normal(0, 0.05, (48, 40)).astype(np.float32)
+    qw = quantize_int8(w, group_size=group_size)
+    g = group_size or 48
+    s_ref = np.abs(w.reshape(48 // g, g, 40)).max(axis=1) / 127  # numpy reference RTN
+    q_ref = np.clip(np.round(w.reshape(48 // g, g, 40) / s_ref[:, None]), -127, 127).reshape(48, 40)
+    np.testing.assert_allclose(np.asarray(qw.scales), s_ref, rtol=1e-6)
+    assert np.mean(np.asarray(qw.qweight) == q_ref) > 0.999
+    assert np.all(np.abs(np.asarray(qw.dequantize()) - w) <= np.repeat(s_ref, g, 0) / 2 + 1e-7)
+
+    cfg = dataclasses.replace(TINY, qkv_bias=True)
+    model = init_model(cfg, seed=6)
+    q8 = quantize_model(model, "rtn", group_size=group_size, bits=8)
+    assert isinstance(q8.layers[0].mlp.up_proj.kernel.get_value(), Int8Weight)
+    tokens = _tokens(cfg)
+    got, _ = q8(tokens)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(dequantized_model(q8)(tokens)[0]), atol=2e-5, rtol=1e-5)
+    fp, _ = model(tokens)
+    q4, _ = quantize_model(model, "rtn", group_size=16)(tokens)
+    err8, err4 = float(jnp.max(jnp.abs(got - fp))), float(jnp.max(jnp.abs(q4 - fp)))
+    assert 0 < err8 < err4 / 4  # int8 is several times closer to the float model than int4
+    save_quantized(q8, tmp_path / "q8", method="rtn")
+    loaded = load_quantized(tmp_path / "q8")
+    b = loaded.model.layers[1].attn.o_proj.kernel.get_value()
+    assert isinstance(b, Int8Weight) and b.group_size == (group_size or 48) and b.n_in == 2
+    np.testing.assert_array_equal(np.asarray(loaded.model(tokens)[0]), np.asarray(got))

@@ -11,6 +11,7 @@ latency run (one request at a time) follows.
 Engines (`--engines`, comma separated):
   puyu-fp32     LLMEngine, fp32 weights and KV cache, continuous batching (max_num_seqs = concurrency)
   puyu-int4     the same with quant="int4" weights
+  puyu-native   the same serving the GGUF's Q4_1 / Q8_0 tensors as they are (quant="native")
   puyu-kv8      the same with int8 KV cache
   hf            transformers `generate` + torch on CPU, fp32, static batches of `concurrency`
                 requests (left padding), `--threads` torch threads
@@ -35,10 +36,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-ENGINES = ("puyu-fp32", "puyu-int4", "puyu-kv8", "hf", "llamacpp-q4", "llamacpp-f32")
+ENGINES = ("puyu-fp32", "puyu-int4", "puyu-native", "puyu-kv8", "hf", "llamacpp-q4", "llamacpp-f32")
 PUYU_VARIANTS = {
     "puyu-fp32": dict(kv_dtype="auto", quant="none"),
     "puyu-int4": dict(kv_dtype="auto", quant="int4"),
+    "puyu-native": dict(kv_dtype="auto", quant="native"),
     "puyu-kv8": dict(kv_dtype="int8", quant="none"),
 }
 # relative to the repository: the shared data folder beside it, else the text shipped in the package

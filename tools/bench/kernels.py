@@ -7,6 +7,12 @@ engine runs, so they are timed at every shape; Pallas on CPU is interpret mode o
 correctness tool), timed at one tiny shape and labelled "interpret".
 
     python tools/bench/kernels.py [--batches 1 8 32] [--contexts 512 2048] [--ms 1 8 32] [--repeats 5]
+    python tools/bench/kernels.py --only forms     # what XLA's backend does fastest for y = x @ W
+
+The "forms" rows time one `[m, K] x [K, N]` product in every form a quantized weight could take
+on this backend: f32 dot, bf16 dot (f32 accumulation), int8 x int8 -> int32 dot (activations
+quantized per row), dequantize-then-dot (the twins: int4 groups of 32 with minimums, int8
+groups of 32), and dequantization fused into a multiply-reduce (no dot; nothing materialized).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ def _parse():
     p.add_argument("--max-kv-mb", type=float, default=None,
                    help="skip attention rows whose KV cache exceeds this (default: 512 on CPU, no limit elsewhere)")
     p.add_argument("--markdown", help="also write the table to this markdown file")
+    p.add_argument("--only", choices=("attention", "int4", "forms"), help="run one group of rows")
     return p.parse_args()
 
 
@@ -128,6 +135,68 @@ def _matmul_rows(args, on_cpu):
     return rows
 
 
+FORM_SHAPES = [("smollm2 mlp 576->1536", 576, 1536), ("smollm2 down 1536->576", 1536, 576),
+               ("smollm2 lm_head 576->49152", 576, 49152)]
+
+
+def _form_rows(args):
+    """y = x @ W in each form a quantized weight could be computed in (see the module docstring)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from puyu_jax.kernels import int4_matmul_reference, int8_matmul_reference, pack_int4
+
+    rng = np.random.default_rng(2)
+    rows = []
+    g = 32
+    for name, k, n in FORM_SHAPES:
+        w = rng.normal(0, 0.05, (k, n)).astype(np.float32)
+        w32, w16 = jnp.asarray(w), jnp.asarray(w, jnp.bfloat16)
+        q4 = pack_int4(jnp.asarray(rng.integers(0, 16, (k, n)), jnp.uint8))
+        s = jnp.asarray(rng.uniform(0.005, 0.05, (k // g, n)), jnp.float16)
+        mins = jnp.asarray(rng.uniform(-0.4, -0.1, (k // g, n)), jnp.float16)
+        q8 = jnp.asarray(rng.integers(-127, 128, (k, n)), jnp.int8)
+        q8c = jnp.asarray(rng.integers(-127, 128, (k, n)), jnp.int8)  # per-channel scale: int8 x int8 dot
+        sc = jnp.asarray(rng.uniform(1e-4, 1e-3, (n,)), jnp.float32)
+
+        def int8_dot(x, q, sc):
+            xs = jnp.maximum(jnp.max(jnp.abs(x), axis=1, keepdims=True), 1e-8) / 127
+            xq = jnp.round(x / xs).astype(jnp.int8)
+            acc = jax.lax.dot(xq, q, preferred_element_type=jnp.int32)
+            return acc.astype(jnp.float32) * xs * sc
+
+        def fused4(x, q, s, m):
+            lo = (q & 0xF).astype(jnp.float32).reshape(k // g, g // 2, n)
+            hi = (q >> 4).astype(jnp.float32).reshape(k // g, g // 2, n)
+            sf, mf = s.astype(jnp.float32)[:, None], m.astype(jnp.float32)[:, None]
+            xe = x[:, 0::2].reshape(-1, k // g, g // 2, 1)
+            xo = x[:, 1::2].reshape(-1, k // g, g // 2, 1)
+            return jnp.sum(xe * (lo * sf + mf) + xo * (hi * sf + mf), axis=(1, 2))
+
+        # weights are arguments, not closed-over constants (XLA would fold the dequantization away)
+        forms = [
+            ("f32 dot", lambda x, w: jnp.dot(x, w), (w32,), 4 * k * n),
+            ("bf16 dot", lambda x, w: jnp.dot(x.astype(jnp.bfloat16), w, preferred_element_type=jnp.float32),
+             (w16,), 2 * k * n),
+            ("int8 x int8 -> int32 dot", int8_dot, (q8c, sc), k * n),
+            ("int8 g32: dequant, f32 dot", lambda x, q, s: int8_matmul_reference(x, q, s, group_size=g), (q8, s),
+             k * n),
+            ("int4 g32 min: dequant, f32 dot",
+             lambda x, q, s, m: int4_matmul_reference(x, q, s, group_size=g, mins=m), (q4, s, mins), k * n // 2),
+            ("int4 g32 min: fused multiply-reduce", fused4, (q4, s, mins), k * n // 2),
+        ]
+        for m in args.ms:
+            x = jnp.asarray(rng.standard_normal((m, k)), jnp.float32)
+            for label, f, weights, wbytes in forms:
+                if "multiply-reduce" in label and m * k * n > 64 * 2**20:
+                    continue  # compute-bound there: far slower than any dot, not worth the wait
+                fn = jax.jit(f)
+                t = _median_s(lambda: fn(x, *weights).block_until_ready(), args.repeats)
+                rows.append(("x @ W forms", f"{name} m={m}", label, t, wbytes))
+    return rows
+
+
 def main():
     args = _parse()
     import jax
@@ -139,7 +208,13 @@ def main():
     console = Console()
     console.print(f"backend {backend} ({jax.devices()[0].device_kind}), block_size {args.block_size}, "
                   f"median of {args.repeats}")
-    rows = _attention_rows(args, on_cpu) + _matmul_rows(args, on_cpu)
+    rows = []
+    if args.only in (None, "attention"):
+        rows += _attention_rows(args, on_cpu)
+    if args.only in (None, "int4"):
+        rows += _matmul_rows(args, on_cpu)
+    if args.only in (None, "forms"):
+        rows += _form_rows(args)
     table = Table(title="kernel vs twin (bytes = data each call must read; GB/s = bytes / time)")
     cols = ("op", "shape", "impl", "time (ms)", "MB", "GB/s")
     for col in cols:
