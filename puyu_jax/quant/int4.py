@@ -36,8 +36,23 @@ Array = jax.Array
 QMAX = 15
 
 
+class _KernelShape:
+    """The original kernel's `shape` split at `n_in`: input features x output features."""
+
+    shape: tuple[int, ...]
+    n_in: int
+
+    @property
+    def in_features(self) -> int:
+        return math.prod(self.shape[: self.n_in])
+
+    @property
+    def out_features(self) -> int:
+        return math.prod(self.shape[self.n_in :])
+
+
 @flax.struct.dataclass
-class Int4Weight:
+class Int4Weight(_KernelShape):
     """A kernel of `shape` stored as packed int4 groups (see the module docstring).
 
     qweight: uint8 [Kp // 2, N], Kp = K rounded up to a multiple of group_size.
@@ -59,14 +74,6 @@ class Int4Weight:
     @property
     def kind(self) -> str:
         return offset_kind(self.zeros, self.mins)
-
-    @property
-    def in_features(self) -> int:
-        return math.prod(self.shape[: self.n_in])
-
-    @property
-    def out_features(self) -> int:
-        return math.prod(self.shape[self.n_in :])
 
     @property
     def padded_in_features(self) -> int:
@@ -98,7 +105,7 @@ class Int4Weight:
 
 
 @flax.struct.dataclass
-class Int8Weight:
+class Int8Weight(_KernelShape):
     """A kernel of `shape` stored as symmetric int8 groups along K: w = q * scale.
 
     qweight: int8 [Kp, N], Kp = K rounded up to a multiple of group_size.
@@ -116,14 +123,6 @@ class Int8Weight:
 
     bits = 8
     kind = "sym"
-
-    @property
-    def in_features(self) -> int:
-        return math.prod(self.shape[: self.n_in])
-
-    @property
-    def out_features(self) -> int:
-        return math.prod(self.shape[self.n_in :])
 
     @property
     def padded_in_features(self) -> int:

@@ -70,3 +70,48 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
             return True
         time.sleep(interval)
     return predicate()
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_tiny_serve(tmp_path, *overrides: str, stdout=None):
+    """Starts `puyu serve` on a tiny random checkpoint (SmolLM2's tokenizer) in a subprocess.
+
+    Returns (process, base url); the caller waits for health with `wait_healthy` and stops it."""
+    import os
+    import subprocess
+
+    from puyu_jax.checkpoint import save_checkpoint
+    from puyu_jax.models.params import init_model, to_flat
+
+    cfg = tiny_model_config()
+    ckpt = tmp_path / "tiny-chat"
+    save_checkpoint(ckpt, cfg, to_flat(init_model(cfg, 0)))
+    smollm2_tokenizer().save(ckpt / "tokenizer")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "puyu_jax.cli", "serve", str(ckpt), "--port", str(port), "--served-model-name", "tiny",
+         *overrides],
+        stdout=stdout if stdout is not None else subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ})
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_healthy(proc, url: str, timeout: float = 180) -> bool:
+    """True once `url`/health answers 200; False if the process exits or the time runs out."""
+    import httpx
+
+    def up():
+        try:
+            return httpx.get(url + "/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return proc.poll() is not None
+
+    return wait_for(up, timeout, 0.2) and proc.poll() is None

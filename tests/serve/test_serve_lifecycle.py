@@ -1,16 +1,12 @@
 """Request lifecycle: a client that leaves frees its KV blocks; SIGTERM drains in-flight requests and exits 0."""
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 
 import httpx
 import pytest
-from serve_api_helpers import MODEL, served, smollm2_tokenizer, tiny_model_config, wait_for
+from serve_api_helpers import MODEL, served, smollm2_tokenizer, start_tiny_serve, wait_for, wait_healthy
 
 USER = [{"role": "user", "content": "Write a long story about the sea."}]
 
@@ -53,34 +49,11 @@ def test_serve_disconnect_before_a_non_streamed_answer_frees_blocks(server):
         engine.stats()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_sigterm_drains_in_flight_requests(tmp_path):
-    from puyu_jax.checkpoint import save_checkpoint
-    from puyu_jax.models.params import init_model, to_flat
-
-    cfg = tiny_model_config()
-    ckpt = tmp_path / "tiny-chat"
-    save_checkpoint(ckpt, cfg, to_flat(init_model(cfg, 0)))
-    smollm2_tokenizer().save(ckpt / "tokenizer")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "puyu_jax.cli", "serve", str(ckpt), "--port", str(port), "--served-model-name", "tiny",
-         "engine.num_blocks=64", "engine.max_num_seqs=4", "drain_timeout_s=60", "log_level=warning",
-         "warmup_background=false"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ})
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_tiny_serve(tmp_path, "engine.num_blocks=64", "engine.max_num_seqs=4", "drain_timeout_s=60",
+                                 "log_level=warning", "warmup_background=false")
     try:
-        def up():
-            try:
-                return httpx.get(url + "/health", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return proc.poll() is not None
-        assert wait_for(up, 180, 0.2) and proc.poll() is None, proc.stdout.read() if proc.poll() is not None else ""
+        assert wait_healthy(proc, url), proc.stdout.read() if proc.poll() is not None else ""
         body = {"model": "tiny", "messages": USER, "max_tokens": 48, "seed": 3, "stream": True}
         warm = httpx.post(url + "/v1/chat/completions", json={**body, "stream": False, "max_tokens": 2}, timeout=120)
         assert warm.status_code == 200

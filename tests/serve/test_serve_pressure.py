@@ -5,18 +5,15 @@ under load ends every stream with [DONE] and exits 0."""
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 import numpy as np
 import pytest
-from serve_api_helpers import MODEL, served, smollm2_tokenizer, tiny_engine, tiny_model_config, wait_for
+from serve_api_helpers import MODEL, served, start_tiny_serve, tiny_engine, wait_for, wait_healthy
 
 from puyu_jax.serve.async_engine import AsyncEngine
 
@@ -185,35 +182,13 @@ def test_serve_health_says_warming_until_the_warmup_is_done():
             thread.join(60)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_sigterm_under_load_ends_every_stream_with_done(tmp_path):
-    from puyu_jax.checkpoint import save_checkpoint
-    from puyu_jax.models.params import init_model, to_flat
-
-    cfg = tiny_model_config()
-    ckpt = tmp_path / "tiny-chat"
-    save_checkpoint(ckpt, cfg, to_flat(init_model(cfg, 0)))
-    smollm2_tokenizer().save(ckpt / "tokenizer")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "puyu_jax.cli", "serve", str(ckpt), "--port", str(port), "--served-model-name", "tiny",
-         "engine.num_blocks=128", "engine.max_num_seqs=4", "drain_timeout_s=2", "log_level=warning",
-         "warmup_batch_sizes=[1,4]", "warmup_background=false"],
-        stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT, text=True, env={**os.environ})
+    proc, url = start_tiny_serve(tmp_path, "engine.num_blocks=128", "engine.max_num_seqs=4", "drain_timeout_s=2",
+                                 "log_level=warning", "warmup_batch_sizes=[1,4]", "warmup_background=false",
+                                 stdout=open(tmp_path / "server.log", "w"))
     log = lambda: (tmp_path / "server.log").read_text()[-3000:]  # noqa: E731
-    url = f"http://127.0.0.1:{port}"
     try:
-        def up():
-            try:
-                return httpx.get(url + "/health", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return proc.poll() is not None
-        assert wait_for(up, 300, 0.2) and proc.poll() is None, log()
+        assert wait_healthy(proc, url, 300), log()
         body = {"model": "tiny", "messages": USER, "max_tokens": 450, "ignore_eos": True, "stream": True}
         streams: list[list[str]] = [[] for _ in range(6)]
         started_streams = threading.Semaphore(0)
