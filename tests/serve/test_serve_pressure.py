@@ -216,7 +216,7 @@ def test_serve_sigterm_under_load_ends_every_stream_with_done(tmp_path):
             assert events and events[-1] == "[DONE]", (events[-2:], log())
             last = json.loads(events[-2])
             if "error" in last:
-                assert last["error"]["code"] == "shutting_down"
+                assert last["error"]["code"] == "shutting_down", last
                 cut += 1
             else:
                 assert last["choices"][0]["finish_reason"] == "length"

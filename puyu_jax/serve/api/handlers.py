@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from puyu_jax.serve.api.chat import ChatPrompt, ChatPrompter
-from puyu_jax.serve.api.errors import APIError
+from puyu_jax.serve.api.errors import APIError, error_body
 from puyu_jax.serve.api.metrics import ServerMetrics
 from puyu_jax.serve.api.protocol import ChatCompletionRequest, CompletionRequest
 from puyu_jax.serve.api.tool_parsers import ToolCallParser
