@@ -51,7 +51,7 @@ ALLOWED = {
     "checkpoint": {"models"},
     "data": {"assets", "config", "tokenizer"},
     "pretrained": {"assets", "checkpoint", "config", "models", "quant", "tokenizer"},
-    "train": {"config", "data", "models", "parallel", "pretrained", "tokenizer"},
+    "train": {"checkpoint", "config", "data", "models", "parallel", "pretrained", "tokenizer"},
 }
 # readers of one format each: the loading room calls them, they never call it
 READERS = ("puyu_jax.checkpoint", "puyu_jax.models", "puyu_jax.quant.model", "puyu_jax.quant.int4",
