@@ -17,6 +17,8 @@ flat kernel names without ``/kernel`` (``layers/0/attn/q_proj``).
 
 from __future__ import annotations
 
+import abc
+
 from collections.abc import Callable
 
 import jax
@@ -43,7 +45,7 @@ def declare_param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None
     return nnx.Param(value, out_sharding=axes, eager_sharding=False)
 
 
-class PackedWeight:
+class PackedWeight(abc.ABC):
     """A kernel stored in a packed / quantized form that dequantizes to `shape` (e.g. NF4).
 
     Subclasses provide `shape` and `dequantize(dtype) -> Array`.
@@ -51,8 +53,9 @@ class PackedWeight:
 
     shape: tuple[int, ...]
 
-    def dequantize(self, dtype=None) -> Array:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def dequantize(self, dtype=None) -> Array:
+        """The kernel as a dense `shape` array in `dtype`."""
 
 
 class Projection(nnx.Module):
