@@ -35,7 +35,9 @@ def _cmd(out_dir, *extra):
 
 
 def _env():
-    env = dict(os.environ)
+    # a single process, whatever launcher variables the test process itself carries
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "PUYU_COORDINATOR", "MEGASCALE_")) and k != "TPU_WORKER_HOSTNAMES"}
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
     return env
 
