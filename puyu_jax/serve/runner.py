@@ -248,7 +248,9 @@ class ModelRunner:
             if r.key_data is not None:
                 key_data[i] = r.key_data
         if flags.penalties:
-            length = bucket(max(len(r.history or ()) for r in rows) + extra, 16)
+            # the same smallest span as the block tables (4 blocks): short sequences of any
+            # length share one program, so the warm-up's throwaway prompts cover them
+            length = bucket(max(len(r.history or ()) for r in rows) + extra, 4 * self.block_size)
             history = np.full((b, length), -1, np.int32)
             is_out = np.zeros((b, length), bool)
             for i, r in enumerate(rows):

@@ -12,6 +12,12 @@ the prefill token buckets of a single request; `run_warmup` drives them through 
 engine's public API (`AsyncEngine.submit_batch`, throwaway random prompts), one step
 whenever the engine is idle, so live requests are not held behind it.
 
+Both the single-step program and the multi-step decode loop (`EngineConfig.decode_steps`)
+are compiled by each step. Shapes also depend on the span of the longest sequence in the
+batch (block tables and penalty histories, powers of two from 4 blocks): the plan covers the
+first span (64 tokens at block size 16); a batch whose longest sequence crosses into a longer
+span compiles that span's programs on first use.
+
 On a CPU a full plan for SmolLM2 (max_num_seqs 32) is ~80 steps of two programs each,
 tens of minutes at 10-45 s per program; on an accelerator a few minutes.
 """

@@ -105,7 +105,6 @@ def _serve_with_lifespan(app):
 
 
 @pytest.mark.slow  # ~50 compilations: about a minute on a quiet 2-core machine
-@pytest.mark.xfail(reason="warm-up does not yet compile the multi-step decode loop (2 programs left to compile)", strict=False)
 def test_serve_warmup_leaves_nothing_to_compile_for_a_mixed_workload():
     from puyu_jax.models.config import ModelConfig
     from puyu_jax.models.params import init_model
