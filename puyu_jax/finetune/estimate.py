@@ -113,11 +113,10 @@ def estimate_memory(cfg: ModelConfig, mode: str, *, seq_len: int, batch: int = 1
         return sum(plan.local_size(component, ax[k], shape_of[k].shape) for k in names)
 
     if mode == "full":
-        t_shapes, t_axes, tb, n_lora = shapes, axes, pb, 0
+        t_shapes, t_axes, tb = shapes, axes, pb
         weights = local("params", shapes, shapes, axes) * pb
     else:
         t_shapes, t_axes, tb = lora_shapes(cfg, lora), lora_axes(cfg, lora), 4
-        n_lora = sum(math.prod(v.shape) for v in t_shapes.values())
         quantized = set(target_kernels(cfg, lora)) if mode == "qlora" else set()
         weights = local("params", [k for k in shapes if k not in quantized], shapes, axes) * pb
         weights += sum(math.prod(shapes[k].shape) for k in quantized) * nf4_bytes_per_param(lora.nf4_block,

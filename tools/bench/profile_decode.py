@@ -47,7 +47,7 @@ def device_parts(model, b: int, context: int, block_size: int, repeats: int) -> 
     from puyu_jax.serve.sampling import SamplingArrays, SamplingFlags, sample
 
     cfg = model.cfg
-    d, h, k, e, f, v, n_layers = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head,
+    d, h, k, e, _, v, n_layers = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head,
                                   cfg.intermediate_size, cfg.vocab_size, cfg.num_layers)
     x = jnp.ones((b, 1, d), jnp.float32)
     layers = [(lyr.attn.q_proj.kernel[...], lyr.attn.k_proj.kernel[...], lyr.attn.v_proj.kernel[...],
