@@ -1,6 +1,7 @@
 """The `puyu` CLI: help texts, model info, errors that name the key, convert + generate end to end."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -58,3 +59,29 @@ def test_configs_list_and_copy(tmp_path, capsys):
 
     assert load_config(TrainConfig, tmp_path / "tiny-shakespeare.yaml").steps > 0
     assert main(["configs", "copy", "no-such-config", str(tmp_path)]) == 2
+
+
+def test_compile_cache_is_on_by_default_and_can_be_turned_off(tmp_path):
+    from puyu_jax.cli import use_compile_cache
+
+    env = {"PUYU_COMPILE_CACHE": str(tmp_path / "xla")}
+    assert use_compile_cache(env) == str(tmp_path / "xla")
+    assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "xla") and int(env["JAX_COMPILATION_CACHE_MAX_SIZE"]) > 0
+    assert use_compile_cache({"JAX_COMPILATION_CACHE_DIR": "/elsewhere"}) == "/elsewhere"  # an explicit one wins
+    off = {"PUYU_COMPILE_CACHE": "none"}
+    assert use_compile_cache(off) is None and "JAX_COMPILATION_CACHE_DIR" not in off
+
+
+@pytest.mark.slow  # two processes load SmolLM2
+def test_a_second_run_reads_its_programs_from_the_compile_cache(tmp_path):
+    """Two `puyu generate` processes on one cache directory: the second compiles nothing it can read back."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    env.update(PUYU_COMPILE_CACHE=str(tmp_path / "xla"), JAX_LOG_COMPILES="1")
+    cmd = [sys.executable, "-m", "puyu_jax.cli", "generate", "smollm2", "-p", "Hello", "-n", "3"]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert any((tmp_path / "xla").iterdir())
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "Persistent compilation cache hit" in second.stderr
+    assert first.stdout == second.stdout
