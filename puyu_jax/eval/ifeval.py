@@ -88,8 +88,10 @@ def _language_factory():
     return factory
 
 
+@functools.lru_cache(maxsize=4096)
 def detect_language(text: str) -> str | None:
-    """langdetect's language code of `text`, or None where it cannot tell (no letters)."""
+    """langdetect's language code of `text`, or None where it cannot tell (no letters). Each
+    call starts from the same seed, so the answer is a function of the text (hence cached)."""
     from langdetect.lang_detect_exception import LangDetectException
 
     detector = _language_factory().create()
