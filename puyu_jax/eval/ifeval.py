@@ -341,8 +341,11 @@ def score_rows(rows: list[dict], responses: list[str]) -> dict:
     by_inst: dict[str, list[bool]] = collections.defaultdict(list)
     for row, resp in zip(rows, responses, strict=True):
         ids, kws = row["instruction_id_list"], row.get("kwargs") or [{} for _ in row["instruction_id_list"]]
-        s = follows(ids, kws, resp)
-        lo = follows(ids, kws, resp, loose=True)
+        try:
+            s = follows(ids, kws, resp)
+            lo = follows(ids, kws, resp, loose=True)
+        except ValueError as e:
+            raise ValueError(f"IFEval row key={row.get('key', '?')}: {e}") from None
         strict_all.append(s)
         loose_all.append(lo)
         for iid, v in zip(ids, s):

@@ -99,6 +99,8 @@ def test_blank_response_follows_nothing_and_bad_arguments_are_named():
         follows(["keywords:existence"], [{"keyword": "x"}], "x")
     with pytest.raises(ValueError, match="relation='more than'"):
         follows(["length_constraints:number_words"], [{"num_words": 3, "relation": "more than"}], "a b c")
+    with pytest.raises(ValueError, match="row key=7: IFEval instruction 'startend:end_checker': kwargs"):
+        score_rows([{"key": 7, "instruction_id_list": ["startend:end_checker"], "kwargs": [{}]}], ["x"])
 
 
 def test_strict_and_loose():
