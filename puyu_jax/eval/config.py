@@ -19,8 +19,9 @@ LOADERS = ("jsonl", "json", "csv", "tar.gz", "arc", "mmlu", "piqa", "winogrande"
 INFERENCERS = ("ppl", "loglikelihood", "gen")
 NORMALIZE = ("token", "char", "none")
 POSTPROCESSORS = ("none", "first_option", "gsm8k", "cmrc", "first_line", "code", "bbh", "mbpp", "math")
-EVALUATORS = ("accuracy", "gsm8k", "em_f1_zh", "humaneval", "llm_judge", "qa_em", "rouge", "mbpp", "math")
-GROUPS = ("学科", "语言", "知识", "理解", "推理", "代码", "主观", "")
+EVALUATORS = ("accuracy", "gsm8k", "em_f1_zh", "humaneval", "llm_judge", "qa_em", "rouge", "mbpp", "math",
+              "ifeval")
+GROUPS = ("学科", "语言", "知识", "理解", "推理", "代码", "指令", "主观", "")
 
 
 class DatasetError(ConfigError):
@@ -190,7 +191,7 @@ class DatasetConfig:
 
     name: str = ""
     abbr: str = ""
-    group: str = ""  # capability: 学科 / 语言 / 知识 / 理解 / 推理 / 代码 (or 主观)
+    group: str = ""  # capability: 学科 / 语言 / 知识 / 理解 / 推理 / 代码 / 指令 (instruction following) / 主观
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)

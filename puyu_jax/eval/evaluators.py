@@ -13,6 +13,8 @@ humaneval  pass@1: prompt + completion + tests run in the sandbox (subprocess, r
 mbpp       pass@1: completion + the row's `test_setup_code` and `test_list` asserts in the sandbox
 math       MATH answers: equal after the usual LaTeX normalization (fractions, units, spaces,
            \\left / \\right, ...) or numerically equal
+ifeval     IFEval's verifiable instructions (see puyu_jax.eval.ifeval): prompt- and instruction-level
+           strict / loose accuracy, each instruction's verdicts per sample; no reference answers
 llm_judge  MT-bench single-answer grading by an LLM judge (see puyu_jax.eval.judge)
 """
 
@@ -303,6 +305,17 @@ def math_answers(rows, preds, cfg: EvaluatorConfig) -> dict:
     return {"score": acc, "metric": "accuracy", "metrics": {"accuracy": acc}, "correct": correct}
 
 
+def ifeval(rows, preds, cfg: EvaluatorConfig) -> dict:
+    from puyu_jax.eval.ifeval import score_rows
+
+    res = score_rows(rows, [p["pred"] for p in preds])
+    metric = cfg.metric or "prompt_level_strict_acc"
+    if metric not in res["metrics"] or metric == "by_instruction":
+        raise ValueError(f"evaluator.metric={metric!r}: ifeval reports prompt_level_strict_acc, inst_level_strict_acc, "
+                         "prompt_level_loose_acc, inst_level_loose_acc")
+    return {"score": res["metrics"][metric], "metric": metric, **res}
+
+
 def run_evaluator(cfg: EvaluatorConfig, rows: list[dict], preds: list[dict], *, judge=None, cache=None) -> dict:
     """Dispatches on `cfg.type`; `preds` items carry `pred` (postprocessed) and `gold`.
     `judge` / `cache` are used by llm_judge only."""
@@ -311,5 +324,5 @@ def run_evaluator(cfg: EvaluatorConfig, rows: list[dict], preds: list[dict], *, 
 
         return judge_mt_bench(rows, preds, cfg, judge=judge, cache=cache)
     fn = {"accuracy": accuracy, "gsm8k": gsm8k, "em_f1_zh": em_f1_zh, "humaneval": humaneval, "mbpp": mbpp,
-          "qa_em": qa_em, "rouge": rouge, "math": math_answers}[cfg.type]
+          "qa_em": qa_em, "rouge": rouge, "math": math_answers, "ifeval": ifeval}[cfg.type]
     return fn(rows, preds, cfg)

@@ -59,12 +59,15 @@ def plan(cfg: EvalConfig) -> list[Task]:
     Every dataset is read and its first rows rendered under each model's meta template here,
     before any model loads: a bad file, line, column or template field stops the run at once
     (a one-line DatasetError)."""
+    from puyu_jax.eval.backends.checks import check_gold_answerable
     from puyu_jax.eval.core import num_shards
     from puyu_jax.eval.datasets import validate_dataset
 
     tasks = []
     models = cfg.model_specs
     for d in dataset_configs(cfg):
+        if any(m.type == "gold" for m in models):
+            check_gold_answerable(d)
         for meta in sorted({m.meta for m in models}):
             ds = validate_dataset(d, meta)
         n = num_shards(len(ds.test), cfg.shard_size)

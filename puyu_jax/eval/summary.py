@@ -1,6 +1,6 @@
 """Summaries across models: markdown, CSV and HTML tables and one bar chart per capability.
 
-Rows are datasets grouped by capability (学科 / 语言 / 知识 / 理解 / 推理 / 代码, then 主观, or
+Rows are datasets grouped by capability (学科 / 语言 / 知识 / 理解 / 推理 / 代码 / 指令, then 主观, or
 the blocks an EvalConfig's `summary_groups` lists, e.g. the origin documents' table), each
 group followed by its naive average over its datasets, as OpenCompass' summarizer does.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from puyu_jax.eval.config import GROUPS
 
 GROUP_EN = {"学科": "Examination", "语言": "Language", "知识": "Knowledge", "理解": "Understanding",
-            "推理": "Reasoning", "代码": "Code", "主观": "Subjective", "": "Other",
+            "推理": "Reasoning", "代码": "Code", "指令": "Instruction-following", "主观": "Subjective", "": "Other",
             "综合考试": "Examination", "知识问答": "Knowledge-QA", "阅读理解": "Reading-comprehension",
             "编程": "Coding"}
 

@@ -8,6 +8,7 @@ import json
 from collections.abc import Sequence
 
 from puyu_jax.eval.backends import Score
+from puyu_jax.eval.config import DatasetConfig, DatasetError
 from puyu_jax.eval.datasets import Dataset
 from puyu_jax.eval.prompts import build_prompt, continuations
 
@@ -20,15 +21,30 @@ def _key(prompt) -> str:
     return prompt
 
 
+def check_gold_answerable(cfg: DatasetConfig) -> None:
+    """A generation dataset without a gold column (IFEval: instructions checked on the response,
+    no reference answer) cannot be answered by the gold backend: a one-line error, not a 0.
+
+    Raises:
+      DatasetError: naming the dataset and what to use instead.
+    """
+    if cfg.inferencer.type == "gen" and not cfg.inferencer.multi_turn and not cfg.reader.output_column:
+        raise DatasetError(f"dataset {cfg.name!r} has no reference answers (reader.output_column is empty; "
+                           f"evaluator {cfg.evaluator.type!r} checks the response itself): the gold backend cannot "
+                           "answer it; check it with --model constant[:TEXT] or a real model")
+
+
 class GoldBackend:
     """Knows the gold answer of every row of a dataset.
 
     Scoring gives the gold option log-prob 0 and every other option -100; generation returns
     the gold column (the GSM8K solution, the HumanEval canonical solution, the CMRC answer),
-    and for multi-turn rows the reference answer of each turn.
+    and for multi-turn rows the reference answer of each turn. A dataset without reference
+    answers (IFEval) is refused with a DatasetError (see `check_gold_answerable`).
     """
 
     def __init__(self, ds: Dataset, meta: str = ""):
+        check_gold_answerable(ds.cfg)
         self.name = f"gold:{ds.cfg.name}"
         self.gold_pairs: set[tuple[str, str]] = set()
         self.reply: dict[str, str] = {}
