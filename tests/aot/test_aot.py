@@ -44,6 +44,52 @@ ENTRY %main (p: f32[8]) -> f32[8] {
                                       "collective-permute": 1}
 
 
+def test_loops_count_as_often_as_they_run():
+    """XLA's cost analysis counts a while body once; the report counts nested scans (a layer scan
+    inside a grad-accumulation loop) trips x trips times."""
+    import jax
+    import jax.numpy as jnp
+
+    from puyu_jax.aot import Program, analyze, loop_cost, tpu_devices
+
+    device = tpu_devices("v5e:2x2")[0]
+    s = jax.sharding.SingleDeviceSharding(device)
+
+    def f(x, w):  # 3 outer x 4 inner trips of a [256, 512] x [512, 512] matmul
+        def outer(h, _):
+            return jax.lax.scan(lambda h, wi: (jnp.tanh(h @ wi), None), h, w)[0], None
+
+        return jax.lax.scan(outer, x, None, length=3)[0]
+
+    compiled = jax.jit(f).lower(jax.ShapeDtypeStruct((256, 512), jnp.bfloat16, sharding=s),
+                                jax.ShapeDtypeStruct((4, 512, 512), jnp.bfloat16, sharding=s)).compile()
+    one = 2 * 256 * 512 * 512
+    xla = compiled.cost_analysis()
+    assert one <= xla["flops"] < 1.1 * one  # what XLA reports: one iteration
+    loops = loop_cost(compiled.as_text())
+    assert loops.loops == [3, 4] and not loops.error and loops.flops_factor == pytest.approx(12)
+    r = analyze(Program("train", compiled, [device], 12 * one, 1, 0.0, 0.0))
+    assert r.flops == pytest.approx(12 * xla["flops"])
+    assert r.bytes_accessed > 3 * xla["bytes accessed"]
+    assert any("trips [3, 4]" in n for n in r.notes)
+
+
+@pytest.mark.slow
+def test_scan_layers_step_costs_what_the_unrolled_one_does(tmp_path):
+    """model.scan_layers compiles one layer under lax.scan; the report still counts every layer."""
+    reports = {}
+    for scan in ("false", "true"):
+        out = tmp_path / f"{scan}.json"
+        assert main(["aot", "train", "--topology", "v5e:2x2", "--json", str(out), TINY, "parallel.preset=zero3",
+                     "parallel.fsdp=4", "parallel.data=1", "model.num_layers=3", "data.seq_len=64",
+                     f"model.scan_layers={scan}"]) == 0
+        reports[scan] = json.loads(out.read_text())
+    unrolled, scanned = reports["false"], reports["true"]
+    assert any("trips [3" in n for n in scanned["notes"])
+    assert scanned["flops"] == pytest.approx(unrolled["flops"], rel=0.05)
+    assert scanned["model_flops"] == unrolled["model_flops"]
+
+
 def test_batch_that_cannot_divide_names_the_keys(capsys):
     rc = main(["aot", "train", "--topology", "v5e:2x2", TINY, "batch_size=6", "parallel.preset=zero3",
                "parallel.fsdp=4", "parallel.data=1"])
@@ -76,8 +122,9 @@ def test_zero3_train_step_compiles_to_what_it_promises(tmp_path, capsys):
     assert r["chip"] == "TPU v5e" and r["devices"] == 4 and r["fits"]
     assert r["collectives"].get("all-gather", 0) > 0 and r["collectives"].get("reduce-scatter", 0) > 0
     assert 0 < r["argument_bytes"] < r["total_bytes"] < r["hbm_bytes"]
-    # XLA counts the grad-accumulation loop body once; the report scales it by grad_accum.
+    # XLA counts the grad-accumulation loop body once; the report counts it grad_accum times.
     assert r["flops"] >= r["model_flops"] / r["devices"] * 0.9
+    assert any("trips [2" in n for n in r["notes"])
     assert 0 < r["mfu"] < 1 and r["step_s"] == max(r["compute_s"], r["memory_s"])
     assert "MFU at the roofline bound" in capsys.readouterr().out
 
