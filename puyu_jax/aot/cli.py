@@ -92,6 +92,9 @@ def _cmd_aot(args) -> int:
             raise
         # The TPU compiler itself refuses a program whose buffers exceed HBM.
         raise ConfigError(f"{args.kind} does not fit: {first} ({HINTS[args.kind]})") from e
+    if args.hlo:
+        Path(args.hlo).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.hlo).write_text(program.compiled.as_text())
     report = analyze(program)
     table = Table(title=f"puyu aot {args.kind} {args.config} --topology {args.topology}", show_header=False)
     for label, value in report_rows(report):
@@ -136,4 +139,5 @@ def add_parser(sub) -> None:
                    help="finetune: run the layers as one lax.scan (ModelConfig.scan_layers; train configs set "
                         "model.scan_layers=true)")
     p.add_argument("--json", help="also write the report as JSON here")
+    p.add_argument("--hlo", help="also write the compiled (per-device) HLO text here")
     p.set_defaults(fn=_cmd_aot)
