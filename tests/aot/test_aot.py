@@ -1,6 +1,7 @@
 """`puyu aot`: the real train / serve steps compiled for a TPU slice on this CPU, and its errors."""
 
 import json
+import re
 
 import pytest
 
@@ -142,6 +143,25 @@ def test_serve_decode_compiles_with_the_tpu_kernels(tmp_path):
     assert r["devices"] == 2 and r["fits"] and r["kind"] == "serve-decode"
     assert r["collectives"].get("all-reduce", 0) > 0  # tensor parallelism's partial sums
     assert r["memory_s"] > r["compute_s"]  # decode is memory-bound
+
+
+@pytest.mark.slow
+def test_int4_serve_compiles_tensor_parallel(tmp_path):
+    """int4 weights under tp=2: each device runs the Mosaic int4 kernel on its N-slice inside
+    shard_map (XLA refuses to partition a Mosaic call: "Please wrap the call in a shard_map")."""
+    model = tmp_path / "model.yaml"
+    model.write_text("family: llama\nvocab_size: 512\nhidden_size: 512\nintermediate_size: 1024\nnum_layers: 1\n"
+                     "num_heads: 4\nnum_kv_heads: 2\nmax_position_embeddings: 512\n")
+    out, hlo = tmp_path / "report.json", tmp_path / "step.hlo"
+    rc = main(["aot", "serve", "--topology", "v5e:2x2", "--context", "256", "--batch", "4", "--json", str(out),
+               "--hlo", str(hlo), "configs/serve/default.yaml", f"model={model}", "engine.tp=2", "engine.quant=int4",
+               "engine.dtype=bfloat16", "engine.num_blocks=64"])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert r["devices"] == 2 and r["fits"] and r["collectives"].get("all-gather", 0) > 0
+    # the 7 projections each run the Mosaic int4 kernel on the device's half of N (gate / up: 1024 -> 512)
+    calls = re.findall(r"%int4_matmul[\w.]* = bf16\[\d+,(\d+)\]", hlo.read_text())
+    assert len(calls) == 7 and max(map(int, calls)) == 512
 
 
 def test_does_not_fit_is_an_error_naming_keys(capsys):
