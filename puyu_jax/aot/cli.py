@@ -59,7 +59,8 @@ def _compile(args, devices, load_config):
     if args.kind == "finetune":
         from puyu_jax.finetune.config import FinetuneConfig
 
-        return finetune_program(load_config(FinetuneConfig, args.config, args.overrides), devices)
+        return finetune_program(load_config(FinetuneConfig, args.config, args.overrides), devices,
+                                scan_layers=args.scan_layers)
     from puyu_jax.serve.api.config import ServeConfig
 
     return serve_decode_program(load_config(ServeConfig, args.config, args.overrides), devices,
@@ -75,6 +76,9 @@ def _cmd_aot(args) -> int:
     from puyu_jax.aot.compile import analyze, tpu_devices
     from puyu_jax.config import ConfigError, load_config
 
+    if args.scan_layers and args.kind != "finetune":
+        raise ConfigError(f"--scan-layers is for finetune configs; a {args.kind} config sets model.scan_layers=true"
+                          if args.kind == "train" else "--scan-layers: the serve decode step runs layer by layer")
     devices = tpu_devices(args.topology)
     if args.devices:
         if args.devices > len(devices):
@@ -88,6 +92,9 @@ def _cmd_aot(args) -> int:
             raise
         # The TPU compiler itself refuses a program whose buffers exceed HBM.
         raise ConfigError(f"{args.kind} does not fit: {first} ({HINTS[args.kind]})") from e
+    if args.hlo:
+        Path(args.hlo).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.hlo).write_text(program.compiled.as_text())
     report = analyze(program)
     table = Table(title=f"puyu aot {args.kind} {args.config} --topology {args.topology}", show_header=False)
     for label, value in report_rows(report):
@@ -128,5 +135,9 @@ def add_parser(sub) -> None:
     p.add_argument("--context", type=int, default=0, help="serve: tokens per row's block table "
                                                           "(default engine.max_model_len or the model's)")
     p.add_argument("--param-dtype", default="", help="serve: parameter storage dtype (default the model config's)")
+    p.add_argument("--scan-layers", action="store_true",
+                   help="finetune: run the layers as one lax.scan (ModelConfig.scan_layers; train configs set "
+                        "model.scan_layers=true)")
     p.add_argument("--json", help="also write the report as JSON here")
+    p.add_argument("--hlo", help="also write the compiled (per-device) HLO text here")
     p.set_defaults(fn=_cmd_aot)

@@ -69,7 +69,6 @@ class Program:
     lower_s: float
     compile_s: float
     notes: list[str] = field(default_factory=list)
-    loop_trips: int = 1  # XLA's cost analysis counts a while-loop body once: the grad-accumulation scan runs this often
 
 
 @dataclass
@@ -185,18 +184,25 @@ def analyze(program: Program, chip: Chip | None = None) -> Report:
     mem = program.compiled.memory_analysis()
     cost = _cost(program.compiled)
     notes = list(program.notes)
-    trips = program.loop_trips
-    if trips > 1:
-        # Scaling the whole program (not only the loop body) overcounts the optimizer update
-        # (trips - 1) times: a small share of FLOPs, a larger one of bytes; the bound is conservative.
-        notes.append(f"FLOPs and bytes = XLA cost analysis x {trips} (the grad-accumulation loop body counts once)")
+    hlo = program.compiled.as_text()
+    loops = loop_cost(hlo)
+    if loops.loops:
+        # XLA's cost analysis counts a while body once (the layer scan, the grad-accumulation loop):
+        # scale its totals by what the loops' trip counts add in the compiled HLO.
+        notes.append(f"while loops with trips {loops.loops}: FLOPs = XLA cost analysis x {loops.flops_factor:.2f}, "
+                     f"bytes x {loops.bytes_factor:.2f} (the loop bodies counted as often as they run)")
+    if loops.unknown_loops:
+        notes.append(f"{loops.unknown_loops} while loop(s) without a readable trip count are counted once")
+    if loops.error:
+        notes.append(f"while loops counted once (XLA's figures): their bodies could not be re-analysed ({loops.error})")
     return Report(
         kind=program.kind, chip=chip.name, devices=len(program.devices),
         argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
         alias_bytes=int(mem.alias_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes),
         code_bytes=int(mem.generated_code_size_in_bytes), hbm_bytes=chip.hbm_bytes / share,
-        flops=trips * float(cost.get("flops", 0.0)), bytes_accessed=trips * float(cost.get("bytes accessed", 0.0)),
-        collectives=count_collectives(program.compiled.as_text()),
+        flops=loops.flops_factor * float(cost.get("flops", 0.0)),
+        bytes_accessed=loops.bytes_factor * float(cost.get("bytes accessed", 0.0)),
+        collectives=count_collectives(hlo),
         peak_flops=chip.peak_bf16_flops / share, hbm_bandwidth=chip.hbm_bandwidth / share,
         model_flops=program.model_flops, tokens=program.tokens, lower_s=program.lower_s,
         compile_s=program.compile_s, notes=notes,
@@ -273,7 +279,7 @@ def train_program(cfg, devices: list) -> Program:
     notes = _replication_notes(logical_axes(cfg.model), shapes, preset_rules(cfg.parallel.preset)["params"], trainer.mesh, "")
     notes.insert(0, f"mesh {dict(trainer.mesh.shape)}")
     return Program("train", compiled, devices, model_flops_per_token(cfg.model, cfg.data.seq_len) * tokens, tokens,
-                   lower_s, compile_s, notes, loop_trips=cfg.grad_accum)
+                   lower_s, compile_s, notes)
 
 
 class AbstractLoRAAdapter:
@@ -290,8 +296,11 @@ class AbstractLoRAAdapter:
         return adapter
 
 
-def finetune_program(cfg, devices: list) -> Program:
-    """Compiles the finetuning step (full, LoRA or QLoRA) of a FinetuneConfig for `devices`."""
+def finetune_program(cfg, devices: list, *, scan_layers: bool = False) -> Program:
+    """Compiles the finetuning step (full, LoRA or QLoRA) of a FinetuneConfig for `devices`.
+
+    `scan_layers` runs the model's layers as one `lax.scan` (`ModelConfig.scan_layers`; a
+    FinetuneConfig names a pretrained model and has no key for it)."""
     from puyu_jax.finetune.run import train_config
     from puyu_jax.pretrained import _with_dtypes, load_model_config
     from puyu_jax.train.step import model_flops_per_token
@@ -299,6 +308,8 @@ def finetune_program(cfg, devices: list) -> Program:
     model_cfg = _with_dtypes(load_model_config(cfg.model), cfg.dtype or None, cfg.param_dtype or None)
     if cfg.attention_impl:
         model_cfg = model_cfg.replace(attention_impl=cfg.attention_impl)
+    if scan_layers:
+        model_cfg = model_cfg.replace(scan_layers=True)
     tcfg = train_config(cfg, model_cfg)
     tokens = tcfg.batch_size * tcfg.data.seq_len
     flops = model_flops_per_token(model_cfg, tcfg.data.seq_len) * tokens
@@ -319,7 +330,7 @@ def finetune_program(cfg, devices: list) -> Program:
                                                   _abstract(frozen, trainer.frozen_shardings))
     notes = [f"mesh {dict(trainer.mesh.shape)}", f"{cfg.mode}: rank {cfg.lora.rank}; MFU uses the 6N convention "
              "(a frozen base computes no weight gradients, so 4N of it is work)"]
-    return Program("finetune", compiled, devices, flops, tokens, lower_s, compile_s, notes, loop_trips=tcfg.grad_accum)
+    return Program("finetune", compiled, devices, flops, tokens, lower_s, compile_s, notes)
 
 
 # ----------------------------------------------------------------------------- serve
@@ -397,3 +408,191 @@ def serve_decode_program(cfg, devices: list, *, batch: int = 0, context: int = 0
     notes = [f"decode: {b} rows x {nb} blocks of {bs} tokens (context {nb * bs}), pool {num_blocks} blocks, "
              f"kv {eng.kv_dtype}, weights {eng.quant}, tp {eng.tp}, params {model_cfg.param_dtype}"]
     return Program("serve-decode", compiled, devices, (2.0 * n_params + attn) * b, b, lower_s, compile_s, notes)
+
+
+# ----------------------------------------------------------------------------- while loops
+
+_CALLED_RE = re.compile(r"\b(calls|body|condition|to_apply)=%([\w.\-]+)")
+_STACK_FRAME_RE = re.compile(r"\s*stack_frame_id=\d+")
+
+
+@dataclass
+class _Instr:
+    name: str
+    op: str
+    operands: list[str]
+    args: str  # the text inside the parentheses (a constant's value)
+    attrs: str
+
+
+def _close(text: str, start: int) -> int:
+    """Index just past the parenthesis group opening at text[start]."""
+    depth = 0
+    for i in range(start, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[i], 0)
+        if depth == 0:
+            return i + 1
+    return len(text)
+
+
+def _computations(hlo_text: str) -> tuple[dict[str, str], dict[str, list[_Instr]], str]:
+    """HLO module text split into computations: name -> its text, name -> its instructions, the entry."""
+    texts: dict[str, list[str]] = {}
+    instrs: dict[str, list[_Instr]] = {}
+    entry, current = "", None
+    for line in hlo_text.splitlines():
+        if current is None:
+            if line.rstrip().endswith("{") and line[:1] not in ("", " ") and not line.startswith("HloModule"):
+                head = line.split()
+                current = (head[1] if head[0] == "ENTRY" else head[0]).lstrip("%")
+                entry = current if head[0] == "ENTRY" else entry
+                texts[current], instrs[current] = [line], []
+            continue
+        texts[current].append(line)
+        if line.startswith("}"):
+            current = None
+            continue
+        text = line.strip()
+        text = text[len("ROOT "):] if text.startswith("ROOT ") else text
+        if not text.startswith("%") or " = " not in text:
+            continue
+        name, rest = text[1:].split(" = ", 1)
+        end = _close(rest, 0) if rest.startswith("(") else rest.find(" ")  # the result type
+        rest = rest[end:].lstrip()
+        paren = rest.find("(")
+        if paren <= 0:
+            continue
+        close = _close(rest, paren)
+        instrs[current].append(_Instr(name, rest[:paren], re.findall(r"%([\w.\-]+)", rest[paren:close]),
+                                      rest[paren + 1:close - 1], rest[close:]))
+    return {k: "\n".join(v) for k, v in texts.items()}, instrs, entry
+
+
+def _trip_count(ins: _Instr, instrs: dict[str, list[_Instr]], defs: dict[str, _Instr]) -> int:
+    """Trips of a counted while loop (`i < N`, i from a constant start by a constant step, as lax.scan
+    and fori_loop compile, also when the compiler unrolls the body); 0 when the loop is not that shape."""
+    called = dict(_CALLED_RE.findall(ins.attrs))
+    cond, body = instrs.get(called.get("condition", ""), []), instrs.get(called.get("body", ""), [])
+
+    def const(name: str) -> int | None:
+        d = defs.get(name)
+        while d is not None and d.op == "copy" and d.operands:
+            d = defs.get(d.operands[0])
+        m = re.fullmatch(r"\s*(-?\d+)\s*", d.args) if d is not None and d.op == "constant" else None
+        return int(m.group(1)) if m else None
+
+    def tuple_index(name: str) -> int | None:
+        d = defs.get(name)
+        m = re.search(r"index=(\d+)", d.attrs) if d is not None and d.op == "get-tuple-element" else None
+        return int(m.group(1)) if m else None
+
+    for c in cond:
+        if c.op != "compare" or "direction=LT" not in c.attrs or len(c.operands) != 2:
+            continue
+        bound, j = const(c.operands[1]), tuple_index(c.operands[0])
+        if bound is None or j is None:
+            continue
+        start, step = 0, 1
+        init = defs.get(ins.operands[0]) if ins.operands else None
+        if init is not None and init.op == "tuple" and j < len(init.operands):
+            start = const(init.operands[j]) or 0
+        roots = [b for b in body if b.op == "tuple"]
+        if roots and j < len(roots[-1].operands):
+            nxt = defs.get(roots[-1].operands[j])
+            if nxt is not None and nxt.op == "add":
+                steps = [v for v in map(const, nxt.operands) if v is not None]
+                step = steps[0] if len(steps) == 1 and steps[0] > 0 else 1
+        return max(0, -(-(bound - start) // step))
+    return 0
+
+
+@dataclass
+class LoopCost:
+    """XLA's cost of a compiled program with its while loops run once (what `cost_analysis()`
+    reports) and run their trip counts (what executes)."""
+
+    flops_once: float = 0.0
+    flops: float = 0.0
+    bytes_once: float = 0.0
+    bytes: float = 0.0
+    loops: list[int] = field(default_factory=list)  # trip counts of the loops found, outermost first
+    unknown_loops: int = 0  # loops whose trip count could not be read (counted once)
+    error: str = ""  # why the loops could not be re-analysed (then the factors are 1)
+
+    @property
+    def flops_factor(self) -> float:
+        return self.flops / self.flops_once if self.flops_once else 1.0
+
+    @property
+    def bytes_factor(self) -> float:
+        return self.bytes / self.bytes_once if self.bytes_once else 1.0
+
+
+def loop_cost(hlo_text: str) -> LoopCost:
+    """How much XLA's cost analysis undercounts a compiled program with loops.
+
+    `compiled.cost_analysis()` counts a while loop's body once whatever its trip count, so a
+    layer scan (`model.scan_layers`) or the gradient-accumulation loop reads as one iteration.
+    Here each loop body of the compiled HLO is re-parsed as a module of its own and costed by
+    XLA's `HloCostAnalysis` (through the host's client: FLOPs are the same figures the TPU
+    reports; bytes follow the generic cost model, so only their ratio is used), and trip counts
+    come from the loop conditions (`i < N`). A program's cost is then
+    cost(once) + sum over its loops of (trips x cost(body, its own loops expanded) - cost(body once)).
+    """
+    from jax._src.lib import hlo, xla_client
+
+    texts, instrs, entry = _computations(hlo_text)
+    defs = {i.name: i for comp in instrs.values() for i in comp}
+    out = LoopCost()
+    try:
+        client = jax.devices("cpu")[0].client
+    except RuntimeError as e:  # no host platform (JAX_PLATFORMS excludes cpu)
+        out.error = str(e).splitlines()[0]
+        return out
+    once: dict[str, tuple[float, float]] = {}
+
+    def cost_once(comp: str) -> tuple[float, float]:
+        if comp not in once:
+            needed, todo = [], [comp]
+            while todo:  # the computations `comp` reaches, to make it a module of its own
+                c = todo.pop()
+                if c in needed or c not in texts:
+                    continue
+                needed.append(c)
+                todo += [n for n in re.findall(r"%([\w.\-]+)", texts[c]) if n in texts and n not in needed]
+            body = [texts[c] for c in texts if c in needed and c != comp]
+            head, rest = texts[comp].split("\n", 1)
+            head = "ENTRY " + head.removeprefix("ENTRY ")
+            text = "HloModule loop_cost\n\n" + "\n\n".join(body + [head + "\n" + rest])
+            module = hlo.hlo_module_from_text(_STACK_FRAME_RE.sub("", text))  # frames live in the full module
+            c = xla_client._xla.hlo_module_cost_analysis(client, module)
+            once[comp] = (float(c.get("flops", 0.0)), float(c.get("bytes accessed", 0.0)))
+        return once[comp]
+
+    def expanded(comp: str) -> tuple[float, float]:
+        flops, nbytes = cost_once(comp)
+        for ins in instrs.get(comp, []):
+            called = dict(_CALLED_RE.findall(ins.attrs))
+            if ins.op == "call" and "to_apply" in called:
+                f1, b1 = cost_once(called["to_apply"])
+                f, b = expanded(called["to_apply"])
+                flops, nbytes = flops + f - f1, nbytes + b - b1
+            if ins.op != "while" or "body" not in called:
+                continue
+            trips = _trip_count(ins, instrs, defs)
+            if trips <= 0:
+                out.unknown_loops += 1
+                continue
+            out.loops.append(trips)
+            f1, b1 = cost_once(called["body"])
+            f, b = expanded(called["body"])
+            flops, nbytes = flops + trips * f - f1, nbytes + trips * b - b1
+        return flops, nbytes
+
+    try:
+        out.flops_once, out.bytes_once = cost_once(entry)
+        out.flops, out.bytes = expanded(entry)
+    except Exception as e:  # an HLO text the host's parser does not take: report, do not guess
+        out.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        out.flops = out.flops_once = out.bytes = out.bytes_once = 0.0
+    return out

@@ -36,6 +36,7 @@ import yaml
 from flax import nnx
 
 from puyu_jax.kernels.int4_matmul import int4_matmul, int8_matmul, w8a8_matmul
+from puyu_jax.kernels.target import kernel_backend
 from puyu_jax.models.config import ModelConfig
 from puyu_jax.models.params import abstract_model, param_shapes
 from puyu_jax.models.projection import Projection
@@ -77,6 +78,41 @@ def quant_matmul(x2: jax.Array, w: QuantWeight, impl: str = "auto") -> jax.Array
     return int4_matmul(x2, w.qweight, w.scales, w.zeros, mins=w.mins, group_size=w.group_size, impl=impl, **kwargs)
 
 
+def _tensor_axis(w: QuantWeight) -> tuple[Any, int]:
+    """The mesh the weight is placed on and its `tensor` axis size (None, 1 without one)."""
+    try:
+        mesh = jax.typeof(w.qweight).sharding.mesh
+    except (AttributeError, TypeError, ValueError):  # not a jax array / no sharding in its type
+        return None, 1
+    if "tensor" not in getattr(mesh, "axis_names", ()):
+        return None, 1
+    return mesh, mesh.shape["tensor"]
+
+
+def sharded_quant_matmul(x2: jax.Array, w: QuantWeight, impl: str = "auto") -> jax.Array:
+    """`quant_matmul`, run per device under `jax.shard_map` when the weight lives on a mesh with a
+    `tensor` axis (tensor-parallel serving) and the kernel is a Pallas one: XLA cannot partition
+    a Mosaic / Triton call by itself. Column-parallel: every device multiplies the (replicated)
+    activations by its N-slice of the weight (each array of a quantized weight is `[.., N]`), the
+    output is N-sharded. Without a mesh, on the reference path, or when the first output
+    dimension (heads, kv heads, mlp, ...) does not divide over `tensor`, it is `quant_matmul`."""
+    mesh, tp = _tensor_axis(w)
+    pallas = impl == "pallas" or (impl == "auto" and kernel_backend() != "cpu")
+    first_out = w.shape[w.n_in]
+    if mesh is None or tp == 1 or not pallas or first_out % tp:
+        return quant_matmul(x2, w, impl)
+    local_shape = (*w.shape[: w.n_in], first_out // tp, *w.shape[w.n_in + 1 :])
+    cols = jax.sharding.PartitionSpec(None, "tensor")
+
+    def body(x2, w):
+        return quant_matmul(x2, dataclasses.replace(w, shape=local_shape), impl)
+
+    rep = jax.sharding.PartitionSpec()
+    specs = (rep, jax.tree.map(lambda a: cols if a.shape[-1:] == (w.out_features,) else rep, w))
+    # check_vma=False: a Pallas call (interpret mode too) does not track varying manual axes
+    return jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=cols, check_vma=False)(x2, w)
+
+
 class QuantProj(nnx.Module):
     """A drop-in for the model's `Projection`: y = x @ dequant(kernel) (+ bias), fused in the quantized matmul."""
 
@@ -94,7 +130,7 @@ class QuantProj(nnx.Module):
         if xs[len(xs) - n :] != ws[:n] or ys != batch + ws[n:]:
             raise ValueError(f"QuantProj needs 'batch+in, in+out -> batch+out', got {spec!r}")
         lead = x.shape[: x.ndim - n]
-        y = quant_matmul(x.reshape(-1, w.in_features), w, self.impl)
+        y = sharded_quant_matmul(x.reshape(-1, w.in_features), w, self.impl)
         y = y.reshape(*lead, *w.shape[n:])
         if self.bias is not None:
             y = y + self.bias[...].astype(x.dtype)

@@ -120,3 +120,23 @@ def test_tpu_kernel_fetches_several_pages_per_grid_step():
     assert _grid(16) == (B, KH, TABLE // 16)
     assert _grid(5, jnp.int8) == (B, KH, TABLE // 8)  # int8 scales: whole 128-key lane tiles
     assert _grid(1000) == (B, KH, 1)
+
+
+def test_tensor_parallel_int4_projection_matches_one_device():
+    """QuantProj under tp=2 runs the int4 kernel per device on N-slices (shard_map); the result is
+    the single-device one. Kernel in Pallas interpret mode on CPU devices."""
+    import numpy as np
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+    from puyu_jax.quant.int4 import quantize_int4
+    from puyu_jax.quant.model import QuantProj, sharded_quant_matmul
+
+    w = quantize_int4(jax.random.normal(jax.random.key(0), (256, 4, 64)), n_in=1)  # q_proj [d, heads, e]
+    x = jax.random.normal(jax.random.key(1), (3, 256), jnp.float32)
+    want = QuantProj(w, impl="reference")("td,dhe->the", x)
+    mesh = jax.make_mesh((2,), ("tensor",), axis_types=(AxisType.Auto,), devices=jax.devices("cpu")[:2])
+    placed = jax.device_put(w, NamedSharding(mesh, P()))
+    got = jax.jit(lambda x, w: QuantProj(w, impl="pallas")("td,dhe->the", x))(x, placed)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-4)
+    text = jax.jit(lambda x, w: sharded_quant_matmul(x, w, "pallas")).lower(x, placed).as_text()
+    assert "shard_map" in text or "sdy.manual_computation" in text
