@@ -32,7 +32,6 @@ quantized block's outputs.
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from dataclasses import dataclass

