@@ -12,6 +12,7 @@ EPILOG = """\
 Examples:
   puyu quantize int4 smollm2 out/smollm2-awq                 AWQ, groups of 128, shipped C4 calibration
   puyu quantize int4 smollm2 out/smollm2-rtn --method rtn
+  puyu quantize int4 smollm2 out/smollm2-gptq --method gptq --group-size 32    GPTQ (--act-order, --kind min|sym)
   puyu quantize int8 smollm2 out/smollm2-int8               int8 weight-only, one scale per output channel
   puyu quantize w8a8 smollm2 out/smollm2-w8a8               SmoothQuant W8A8 (int8 weights and activations)
   puyu quantize ppl smollm2                                  fp perplexity on the shipped held-out wiki text
@@ -26,12 +27,19 @@ every command (`puyu generate out/smollm2-awq -p ...`).
 
 
 def _common_quant_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=("awq", "rtn"), default="awq",
-                   help="awq: activation-aware scales + clipping, then round-to-nearest; rtn: round-to-nearest only")
+    p.add_argument("--method", choices=("awq", "gptq", "rtn"), default="awq",
+                   help="awq: activation-aware scales + clipping, then round-to-nearest; gptq: error-compensating "
+                        "rounding against the calibration Hessians; rtn: round-to-nearest only")
+    p.add_argument("--kind", choices=("zero", "min", "sym"), default="zero",
+                   help="int4 group kind: zero (integer zero points, default), min (float minimums, as GGUF Q4_1) "
+                        "or sym (symmetric, as GGUF Q4_0)")
+    p.add_argument("--act-order", action="store_true",
+                   help="GPTQ: quantize input channels by decreasing Hessian diagonal (groups fixed beforehand)")
+    p.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening, fraction of the mean Hessian diagonal")
     p.add_argument("--group-size", type=int, default=128, help="rows of K per int4 group (default 128)")
-    p.add_argument("--calib", help="AWQ calibration text: .jsonl with a 'text' field, or plain text "
+    p.add_argument("--calib", help="AWQ / GPTQ / SmoothQuant calibration text: .jsonl with a 'text' field, or plain text "
                                     "(default: the shipped C4 slice)")
-    p.add_argument("--calib-samples", type=int, default=16, help="AWQ calibration windows (default 16)")
+    p.add_argument("--calib-samples", type=int, default=16, help="calibration windows (default 16)")
     p.add_argument("--calib-seq-len", type=int, default=512, help="tokens per calibration window (default 512)")
     p.add_argument("--search-tokens", type=int, default=2048,
                    help="calibration tokens on which each AWQ scale candidate is scored (default 2048; 0 = all)")
@@ -41,6 +49,7 @@ def _common_quant_args(p: argparse.ArgumentParser) -> None:
 
 def _quantize(pre, args, log, bits: int = 4):
     from puyu_jax.quant.awq import AWQConfig, calibration_tokens, read_texts
+    from puyu_jax.quant.gptq import GPTQConfig
     from puyu_jax.quant.model import quantize_model
 
     calib, extra = None, {}
@@ -61,23 +70,33 @@ def _quantize(pre, args, log, bits: int = 4):
         log(f"quantized (int8 rtn, {'per channel' if not args.group_size else f'g{args.group_size}'}) "
             f"in {time.time() - t0:.1f} s")
         return q, extra
-    if args.method == "awq":
+    if args.method in ("awq", "gptq"):
         if pre.tokenizer is None:
-            raise FileNotFoundError("AWQ calibration needs a tokenizer: the model source has none")
+            raise FileNotFoundError(f"{args.method.upper()} calibration needs a tokenizer: the model source has none")
         texts = read_texts(args.calib) if args.calib else None
         calib = calibration_tokens(pre.tokenizer, texts, args.calib_samples, args.calib_seq_len)
         extra = {"calib": str(args.calib or "shipped C4 slice (puyu_jax/quant/assets/calib_c4.jsonl)"),
-                 "calib_tokens": int(calib.size), "search_tokens": args.search_tokens, "clip": not args.no_clip}
-        log(f"AWQ calibration: {calib.shape[0]} windows x {calib.shape[1]} tokens")
+                 "calib_tokens": int(calib.size)}
+        if args.method == "awq":
+            extra.update(search_tokens=args.search_tokens, clip=not args.no_clip)
+        else:
+            extra.update(act_order=args.act_order, damp=args.damp)
+        log(f"{args.method.upper()} calibration: {calib.shape[0]} windows x {calib.shape[1]} tokens")
+    extra["kind"] = args.kind
     t0 = time.time()
     report: dict = {}
     q = quantize_model(pre.model, args.method, args.group_size, calib,
-                       awq_config=AWQConfig(clip=not args.no_clip, search_tokens=args.search_tokens), report=report)
+                       awq_config=AWQConfig(clip=not args.no_clip, search_tokens=args.search_tokens), report=report,
+                       kind=args.kind, gptq_config=GPTQConfig(damp=args.damp, act_order=args.act_order))
+    if args.method == "gptq":
+        for row in report["layers"]:
+            log(f"  layer {row['layer']:3d}: " + ", ".join(f"{g} err {v['err']:.3g}" for g, v in row.items()
+                                                          if g != "layer"))
     if args.method == "awq":
         for row in report["layers"]:
             parts = [f"{g} a={row[g]['alpha']}" for g in ("qkv", "o", "gate_up", "down") if g in row]
             log(f"  layer {row['layer']:3d}: " + ", ".join(parts))
-    log(f"quantized ({args.method}, g{args.group_size}) in {time.time() - t0:.1f} s")
+    log(f"quantized ({args.method}, g{args.group_size}, {args.kind}) in {time.time() - t0:.1f} s")
     return q, extra
 
 
@@ -134,19 +153,28 @@ def _cmd_ppl(args) -> int:
             raise ValueError(f"{args.model} is already quantized; drop --quant")
         bits = int(args.quant[3:])
         model, _ = _quantize(pre, args, log, bits)
-        label = f"int4 {args.method} g{args.group_size}" if bits == 4 else \
-            f"int8 rtn {'per channel' if not args.group_size else f'g{args.group_size}'}"
-    text = Path(args.text).read_text(encoding="utf-8") if args.text else heldout_text()
-    ids = text_token_ids(tokenizer, text)
+        if bits == 4:
+            label = f"int4 {args.method} g{args.group_size}" + (f" {args.kind}" if args.kind != "zero" else "")
+            label += " act-order" if args.method == "gptq" and args.act_order else ""
+        else:
+            label = f"int8 rtn {'per channel' if not args.group_size else f'g{args.group_size}'}"
     kv = None if args.kv == "none" else args.kv
-    t0 = time.time()
-    r = perplexity(model, ids, seq_len=args.seq_len, batch_size=args.batch_size,
-                   max_windows=args.max_windows, kv=kv, progress=not args.quiet)
     label += f", kv {args.kv}" if kv else ""
-    print(f"{args.model} [{label}]: perplexity {r.ppl:.3f} (nll {r.nll:.4f}) over {r.tokens} tokens in "
-          f"{r.windows} windows of {r.seq_len}; {time.time() - t0:.1f} s")
+    results = []
+    for name in args.text or [None]:
+        text = Path(name).read_text(encoding="utf-8") if name else heldout_text()
+        ids = text_token_ids(tokenizer, text)
+        t0 = time.time()
+        r = perplexity(model, ids, seq_len=args.seq_len, batch_size=args.batch_size,
+                       max_windows=args.max_windows, kv=kv, progress=not args.quiet)
+        shown = name or "heldout_wiki.txt"
+        print(f"{args.model} [{label}] {shown}: perplexity {r.ppl:.3f} (nll {r.nll:.4f}) over {r.tokens} tokens in "
+              f"{r.windows} windows of {r.seq_len}; {time.time() - t0:.1f} s")
+        results.append({"text": shown, **r.as_dict()})
     if args.json:
-        out = {"model": str(args.model), "label": label, "text": args.text or "heldout_wiki.txt", **r.as_dict()}
+        out = {"model": str(args.model), "label": label, **results[0]}
+        if len(results) > 1:
+            out["results"] = results
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
@@ -154,7 +182,7 @@ def _cmd_ppl(args) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "quantize",
-        help="int4 weight-only quantization (AWQ, RTN) and perplexity",
+        help="int4 weight-only quantization (AWQ, GPTQ, RTN), int8, W8A8 and perplexity",
         description="Quantize a model's projections to int4 (groups along K, asymmetric, with zero points) "
                     "and measure perplexity of float, int4 and int8-KV models.",
         epilog=EPILOG,
@@ -198,7 +226,8 @@ def add_parser(sub) -> None:
     _common_quant_args(pp)
     pp.add_argument("--kv", choices=("none", "auto", "int8"), default="none",
                     help="score through the serving engine's paged KV cache in this dtype (default: plain forward)")
-    pp.add_argument("--text", help="a UTF-8 text file to score")
+    pp.add_argument("--text", action="append",
+                    help="a UTF-8 text file to score (repeat for several texts, each scored by the same model)")
     pp.add_argument("--tokenizer", help="tokenizer source when the model has none")
     pp.add_argument("--seq-len", type=int, default=512, help="window length (default 512)")
     pp.add_argument("--batch-size", type=int, default=4, help="windows per forward (default 4)")

@@ -8,7 +8,10 @@ flattened and N the rest, so that `y = x @ W`. Along K it is cut into groups of
     zero  = clip(-round(min(W_g) / scale), 0, 15)
     q     = clip(round(W / scale) + zero, 0, 15)          dequant: (q - zero) * scale
 
-(the formula of llm-awq's `pseudo_quantize_tensor`). `q` is packed two per byte with
+(the formula of llm-awq's `pseudo_quantize_tensor`; kind "zero"). Kind "min" keeps the float
+minimum instead of a zero point (`q = round((W - min) / scale)`, GGUF Q4_1) and kind "sym"
+has no offset (`scale = the signed value of largest magnitude / -8`, `q = round(W / scale) + 8`,
+GGUF Q4_0); `quantize_int4(..., kind=)` rounds to any of them. `q` is packed two per byte with
 `puyu_jax.kernels.pack_int4`: `qweight uint8 [K/2, N]`, low nibble row 2i, high row 2i+1.
 
 When K is not a multiple of `group_size` (SmolLM2's hidden size 576 with groups of 128) the
@@ -155,66 +158,114 @@ def _pad_rows(w2: Array, group_size: int) -> Array:
     return jnp.pad(w2, ((0, pad), (0, 0)), mode="edge") if pad else w2
 
 
-def group_params(w2: Array, group_size: int) -> tuple[Array, Array]:
-    """(scales, zeros) `[K/G, N]` of `w2 [K, N]` (K a multiple of group_size)."""
+KINDS = ("zero", "min", "sym")
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}: expected one of {KINDS}")
+
+
+def group_params(w2: Array, group_size: int, kind: str = "zero") -> tuple[Array, Array | None]:
+    """(scales, offsets) `[K/G, N]` of `w2 [K, N]` (K a multiple of group_size) for an int4 kind.
+
+    zero: scale = (max - min) / 15, integer zero point (offsets = zeros);
+    min:  scale = (max - min) / 15, offsets = the float minimum (GGUF Q4_1);
+    sym:  scale = the signed value of largest magnitude / -8, so it maps to code 0 (GGUF Q4_0);
+          offsets None.
+    """
     k, n = w2.shape
     g = w2.astype(jnp.float32).reshape(k // group_size, group_size, n)
-    wmax, wmin = jnp.max(g, axis=1), jnp.min(g, axis=1)
+    return _params(jnp.max(g, axis=1), jnp.min(g, axis=1), kind)
+
+
+def _params(wmax: Array, wmin: Array, kind: str) -> tuple[Array, Array | None]:
+    if kind == "sym":
+        peak = jnp.where(-wmin > wmax, wmin, wmax)
+        scale = peak / -8.0
+        return jnp.where(jnp.abs(scale) < 1e-8, 1e-8, scale), None
     scales = jnp.maximum(wmax - wmin, 1e-5) / QMAX
-    zeros = jnp.clip(-jnp.round(wmin / scales), 0, QMAX)
-    return scales, zeros
+    if kind == "min":
+        return scales, wmin
+    return scales, jnp.clip(-jnp.round(wmin / scales), 0, QMAX)
 
 
-def quantize_groups(w2: Array, group_size: int) -> tuple[Array, Array, Array]:
-    """RTN codes of `w2 [K, N]`: (q int32 [K, N] in 0..15, scales, zeros); K % group_size == 0."""
-    k, n = w2.shape
-    scales, zeros = group_params(w2, group_size)
+def quantize_codes(w: Array, scales: Array, offsets: Array | None, kind: str) -> Array:
+    """int4 codes 0..15 (int32) of `w` with broadcasting scales / offsets of `kind`."""
+    w = w.astype(jnp.float32)
+    if kind == "zero":
+        q = jnp.round(w / scales) + offsets
+    elif kind == "min":
+        q = jnp.round((w - offsets) / scales)
+    else:
+        q = jnp.round(w / scales) + 8.0
+    return jnp.clip(q, 0, QMAX).astype(jnp.int32)
+
+
+def quantize_groups(w2: Array, group_size: int, kind: str = "zero") -> tuple[Array, Array, Array | None]:
+    """RTN codes of `w2 [K, N]`: (q int32 [K, N] in 0..15, scales, offsets); K % group_size == 0."""
+    scales, offsets = group_params(w2, group_size, kind)
     s = jnp.repeat(scales, group_size, axis=0)
-    z = jnp.repeat(zeros, group_size, axis=0)
-    q = jnp.clip(jnp.round(w2.astype(jnp.float32) / s) + z, 0, QMAX).astype(jnp.int32)
-    return q, scales, zeros
+    o = None if offsets is None else jnp.repeat(offsets, group_size, axis=0)
+    return quantize_codes(w2, s, o, kind), scales, offsets
 
 
-def dequantize_groups(q: Array, scales: Array, zeros: Array, group_size: int) -> Array:
-    """(q - zero) * scale, float32 `[K, N]`."""
+def dequantize_groups(q: Array, scales: Array, offsets: Array | None, group_size: int, kind: str = "zero") -> Array:
+    """The float32 `[K, N]` weight of codes `q` (see `puyu_jax.kernels.int4_matmul` for the kinds)."""
     s = jnp.repeat(scales.astype(jnp.float32), group_size, axis=0)
-    z = jnp.repeat(zeros.astype(jnp.float32), group_size, axis=0)
-    return (q.astype(jnp.float32) - z) * s
+    o = None if offsets is None else jnp.repeat(offsets.astype(jnp.float32), group_size, axis=0)
+    return _dequant(q.astype(jnp.float32), s, o, kind)
 
 
-def fake_quantize(w2: Array, group_size: int) -> Array:
+def fake_quantize(w2: Array, group_size: int, kind: str = "zero") -> Array:
     """Quantize then dequantize `w2 [K, N]` (any K; padded internally), float32 `[K, N]`.
 
     What the quantized kernel computes with; used by the AWQ searches.
     """
     k = w2.shape[0]
-    q, s, z = quantize_groups(_pad_rows(w2, group_size), group_size)
-    return dequantize_groups(q, s, z, group_size)[:k]
+    q, s, o = quantize_groups(_pad_rows(w2, group_size), group_size, kind)
+    return dequantize_groups(q, s, o, group_size, kind)[:k]
 
 
-def quantize_int4(w: Array, n_in: int = 1, group_size: int = 128) -> Int4Weight:
+def check_group_size(group_size: int) -> None:
+    if group_size % 2 or group_size < 2:
+        raise ValueError(f"group_size={group_size} must be an even number >= 2")
+
+
+def int4_weight(q: Array, scales: Array, offsets: Array | None, kind: str, shape: tuple[int, ...], n_in: int,
+                group_size: int) -> Int4Weight:
+    """Packs codes `q int [K, N]` (K the real rows; padded here by repeating the last row) and the
+    `[ceil(K / group_size), N]` scales / offsets of `kind` into an `Int4Weight`."""
+    qweight = pack_int4(_pad_rows(q, group_size))
+    zeros, mins = (offsets, None) if kind == "zero" else (None, offsets) if kind == "min" else (None, None)
+    return Int4Weight(qweight, scales, zeros, tuple(int(s) for s in shape), n_in, group_size, mins)
+
+
+def quantize_int4(w: Array, n_in: int = 1, group_size: int = 128, kind: str = "zero") -> Int4Weight:
     """RTN-quantizes a kernel whose first `n_in` axes are contracted.
 
     Args:
       w: the float kernel, e.g. [d, h, e] (n_in=1) or o_proj's [h, e, d] (n_in=2).
       n_in: number of leading (input) axes.
       group_size: rows of K per group (even).
+      kind: "zero" (integer zero points, the default), "min" (float minimums) or "sym".
     Returns:
       An `Int4Weight` remembering `w.shape`, `n_in` and `group_size`.
     """
-    if group_size % 2 or group_size < 2:
-        raise ValueError(f"group_size={group_size} must be an even number >= 2")
+    check_group_size(group_size)
+    _check_kind(kind)
     shape = tuple(int(s) for s in w.shape)
-    qweight, scales, zeros = _quantize(jnp.asarray(w), n_in, group_size)
-    return Int4Weight(qweight, scales, zeros, shape, n_in, group_size)
+    qweight, scales, offsets = _quantize(jnp.asarray(w), n_in, group_size, kind)
+    zeros, mins = (offsets, None) if kind == "zero" else (None, offsets) if kind == "min" else (None, None)
+    return Int4Weight(qweight, scales, zeros, shape, n_in, group_size, mins)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _quantize(w: Array, n_in: int, group_size: int):
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _quantize(w: Array, n_in: int, group_size: int, kind: str):
     k = math.prod(w.shape[:n_in])
     w2 = _pad_rows(w.reshape(k, -1).astype(jnp.float32), group_size)
-    q, scales, zeros = quantize_groups(w2, group_size)
-    return pack_int4(q), scales, zeros
+    q, scales, offsets = quantize_groups(w2, group_size, kind)
+    return pack_int4(q), scales, offsets
 
 
 def quantize_int8(w: Array, n_in: int = 1, group_size: int = 0, act_bits: int = 16) -> Int8Weight:

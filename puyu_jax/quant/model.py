@@ -46,7 +46,7 @@ from puyu_jax.quant.int4 import Int4Weight, Int8Weight, QuantWeight, quantize_in
 QUANT_YAML = "quant.yaml"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "puyu-int4"
-METHODS = ("rtn", "awq", "smoothquant")
+METHODS = ("rtn", "awq", "gptq", "smoothquant")
 PROJECTIONS = ("attn/q_proj", "attn/k_proj", "attn/v_proj", "attn/o_proj", "mlp/gate_proj", "mlp/up_proj", "mlp/down_proj")
 EMBED = "embed/embedding"
 _QUANT_FIELDS = ("qweight", "scales", "zeros", "mins")
@@ -213,24 +213,30 @@ def quantize_model(
     impl: str = "auto",
     report: dict | None = None,
     bits: int = 4,
+    kind: str = "zero",
+    gptq_config: Any = None,
 ) -> Transformer:
     """A new model whose projections hold int4 weights (the source model is unchanged).
 
     Args:
       model: a float Transformer.
       method: "rtn" (round-to-nearest per group), "awq" (activation-aware scaling and
-        clipping, then RTN; needs `calib_tokens`) or "smoothquant" (W8A8: activation outliers
+        clipping, then RTN; needs `calib_tokens`), "gptq" (error-compensating rounding against
+        the calibration inputs' Hessians; needs `calib_tokens`) or "smoothquant" (W8A8: activation outliers
         moved into the weights by per-channel factors folded into the norms / up_proj, then
         per-channel int8 weights and per-token int8 activations; needs `calib_tokens`).
       group_size: rows of K per quantization group.
-      calib_tokens: int [n, t] calibration token windows (AWQ only); see
+      calib_tokens: int [n, t] calibration token windows (AWQ, GPTQ, SmoothQuant); see
         `puyu_jax.quant.awq.calibration_tokens`.
       awq_config: an `AWQConfig` overriding the AWQ search settings (its group_size is
         replaced by `group_size`); for smoothquant, a dict of `apply_smoothquant` options.
       impl: `int4_matmul` implementation for the forward ("auto", "pallas", "reference").
-      report: optional dict filled with AWQ's per-layer search results.
-      bits: 4 (`Int4Weight`, asymmetric) or 8 (`Int8Weight`, symmetric, RTN only; group_size 0 =
+      report: optional dict filled with AWQ's / GPTQ's per-layer results.
+      bits: 4 (`Int4Weight`) or 8 (`Int8Weight`, symmetric, RTN only; group_size 0 =
         per output channel).
+      kind: int4 kind: "zero" (integer zero points), "min" (float minimums) or "sym".
+      gptq_config: a `GPTQConfig` overriding the GPTQ settings (its group_size and kind are
+        replaced by `group_size` and `kind`).
     Returns:
       The quantized Transformer.
     """
@@ -244,6 +250,20 @@ def quantize_model(
         bits = 8
     if bits == 8 and method not in ("rtn", "smoothquant"):
         raise ValueError(f"bits=8 is rtn (W8A16) or smoothquant (W8A8), not {method!r}")
+    if bits == 4:
+        from puyu_jax.quant.int4 import _check_kind
+
+        _check_kind(kind)
+    if method == "gptq":
+        from puyu_jax.quant.gptq import GPTQConfig, apply_gptq
+
+        if calib_tokens is None:
+            raise ValueError("method='gptq' needs calib_tokens (see puyu_jax.quant.awq.calibration_tokens)")
+        gcfg = dataclasses.replace(gptq_config or GPTQConfig(), group_size=group_size, kind=kind)
+        weights, gptq_report = apply_gptq(model, calib_tokens, gcfg)
+        if report is not None:
+            report.update(gptq_report)
+        return install_weights(shallow_copy(model), weights, impl)
     if method == "smoothquant":
         from puyu_jax.quant.smoothquant import apply_smoothquant
 
@@ -271,7 +291,7 @@ def quantize_model(
         elif bits == 8:
             weights[name] = quantize_int8(k, n_in_axes(name), group_size)
         else:
-            weights[name] = quantize_int4(k, n_in_axes(name), group_size)
+            weights[name] = quantize_int4(k, n_in_axes(name), group_size, kind)
     return install_weights(out, weights, impl)
 
 

@@ -78,3 +78,29 @@ def test_quantize_cli_awq_then_ppl(tiny_dir, tmp_path):
     assert "int4" in res["awq"]["label"] and "rtn" in res["rtn"]["label"]
     for r in res.values():  # a random model: perplexity near the vocabulary size
         assert 0.5 * TINY.vocab_size < r["ppl"] < 2 * TINY.vocab_size
+
+
+def test_quantize_cli_gptq_then_ppl_on_two_texts(tiny_dir, tmp_path):
+    from puyu_jax.cli import main
+    from puyu_jax.quant.model import load_quantized
+
+    out = tmp_path / "gptq"
+    assert main(["quantize", "int4", str(tiny_dir / "model"), str(out), "--method", "gptq", "--group-size", "16",
+                 "--kind", "sym", "--act-order", "--calib-samples", "2", "--calib-seq-len", "32"]) == 0
+    import yaml
+
+    meta = yaml.safe_load((out / "quant.yaml").read_text())["quant"]
+    assert meta["method"] == "gptq" and meta["group_size"] == 16 and meta["kind"] == "sym"
+    assert meta["act_order"] is True and meta["calib_tokens"] == 64 and len(meta["kernels"]) == 7
+    w = load_quantized(out).model.layers[0].attn.o_proj.kernel.get_value()
+    assert w.kind == "sym" and w.group_size == 16
+    second = tmp_path / "second.txt"
+    second.write_text(HELDOUT_FILE.read_text(encoding="utf-8")[-20000:], encoding="utf-8")
+    path = tmp_path / "r.json"
+    assert main(["quantize", "ppl", str(out), "--text", str(HELDOUT_FILE), "--text", str(second), "--seq-len", "64",
+                 "--max-windows", "2", "--quiet", "--json", str(path)]) == 0
+    res = json.loads(path.read_text())
+    assert [r["text"] for r in res["results"]] == [str(HELDOUT_FILE), str(second)]
+    assert res["results"][0]["ppl"] != res["results"][1]["ppl"]
+    for r in res["results"]:
+        assert r["windows"] == 2 and 0.5 * TINY.vocab_size < r["ppl"] < 2 * TINY.vocab_size
