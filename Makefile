@@ -41,9 +41,9 @@ demo: install
 	$(PUYU) finetune train configs/finetune/smollm2-lora-identity.yaml out_dir=$(DEMO)/finetune
 	$(PUYU) finetune merge $(DEMO)/finetune $(DEMO)/finetune-merged --to hf
 	$(PUYU) generate $(DEMO)/finetune-merged -p "Who are you?" -n 24
-	@echo "== agent: SmolLM2 as a ReAct agent with the Python sandbox and the calculator, its replies decoded under the ReAct grammar (well-formed calls; the arithmetic is whatever a 135M model manages)"
+	@echo "== agent: SmolLM2 as a ReAct agent (greedy, shown a worked example of another question, replies decoded under the ReAct grammar): turn 1 must call a tool with JSON arguments, run in the Python sandbox; turn 2 is the final answer, read off the observation (3372 is right)"
 	$(PUYU) agent "What is 37 * 91 + 5? Use the python tool." --config configs/agent/smollm2-react.yaml --llm $(DEMO)/smollm2 --out $(DEMO)/agent
-	@echo "== agent: the origin documents' a_n*b_n question (17411) through the InternLM2 protocol, code run in the sandbox"
+	@echo "== agent: the origin documents' a_n*b_n question (17411) through the InternLM2 protocol: turn 1 must run code in the sandbox, turn 2 answers (the code a 135M model writes for it is usually wrong)"
 	$(PUYU) agent "a_n is an arithmetic sequence with first term 1 and common difference 2; b_n is a geometric sequence with first term 1 and common ratio 2. Compute a_1*b_1 + a_2*b_2 + ... + a_10*b_10 with Python." --config configs/agent/smollm2-internlm2.yaml --llm $(DEMO)/smollm2 --out $(DEMO)/agent-internlm2
 	@echo "== quantize: SmolLM2's own Q4_1 / Q8_0 GGUF blocks served as they are (quant=native): perplexity next to fp32, then a chat through the pipeline API"
 	$(PUYU) quantize ppl smollm2 --quiet --json $(DEMO)/ppl-fp32.json

@@ -78,7 +78,7 @@ def _cmd_agent(args) -> int:
     console.print(f"[bold]question:[/bold] {args.question}")
     state = None
     for event, state in stream(args.question, llm, tools, protocol, max_turns=cfg.max_turns, system=cfg.system or None,
-                               constrain=cfg.constrain, require_tool=cfg.require_tool):
+                               constrain=cfg.constrain, require_tool=cfg.require_tool, example=cfg.example):
         _print_event(console, event)
     if args.out and state is not None:
         from pathlib import Path

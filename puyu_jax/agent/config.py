@@ -26,6 +26,7 @@ class AgentConfig:
     max_turns: int = 5
     constrain: bool = True  # local model: decode each reply under the protocol's action grammar
     require_tool: bool = False  # with constrain: the first reply must call a tool
+    example: bool = False  # show a worked example of a tool call (Protocol.example_messages) before the question
     system: str = ""  # an optional system message
     template: str = ""  # local model: chat template name or jinja source ("" = the tokenizer's)
     dtype: str = "float32"  # local model compute dtype

@@ -6,7 +6,10 @@
 
 A backend with `accepts_constraints` (the local engine) is also given the protocol's
 `action_format`: the reply is then decoded under a grammar, so it always parses into a call of a
-declared tool with schema-valid arguments, or a final answer (`require_tool`: the first reply is a call).
+declared tool with schema-valid arguments, or a final answer (`require_tool`: the first reply is a call);
+its last allowed turn (`max_turns`) is decoded under the protocol's `answer_format`, so a run that
+has not finished by then ends with the model's answer (LangChain's `early_stopping_method="generate"`).
+With `example`, a worked example (`Protocol.example_messages`) precedes the question.
 
 `step` is pure apart from running the tools: the same state and reply give the same new state
 (for deterministic tools). Every failure of the model (unreadable output, unknown tool, bad
@@ -38,10 +41,12 @@ class AgentState:
 
 
 def init_state(question: str, tools: Sequence[Tool], protocol: str | Protocol = "react",
-               system: str | None = None) -> AgentState:
-    """The state before the first turn: the protocol's system turn(s) and the question."""
+               system: str | None = None, example: bool = False) -> AgentState:
+    """The state before the first turn: the protocol's system turn(s), with `example` a worked example
+    of a tool call (earlier turns), and the question."""
     proto = get_protocol(protocol)
-    messages = proto.system_messages(tools, system) + [{"role": "user", "content": question}]
+    messages = proto.system_messages(tools, system) + (proto.example_messages(tools) if example else [])
+    messages += [{"role": "user", "content": question}]
     return AgentState(messages=tuple(messages))
 
 
@@ -115,7 +120,11 @@ def _states(state: AgentState, llm, tools: Sequence[Tool], proto: Protocol, max_
     while not state.finished and state.turn < max_turns:
         kw = {}
         if constrain:
-            action = proto.action_format(tools, required=require_tool and state.turn == 0)
+            first, last = state.turn == 0, state.turn == max_turns - 1
+            if last and not (first and require_tool):  # the last turn answers (a required call goes first)
+                action = proto.answer_format()
+            else:
+                action = proto.action_format(tools, required=require_tool and first)
             kw = {"constraint": action} if action is not None else {}
         reply = llm.chat(list(state.messages), tools=schemas, stop=list(proto.stop), **kw)
         state = step(state, reply, tools, proto)
@@ -127,7 +136,7 @@ def _states(state: AgentState, llm, tools: Sequence[Tool], proto: Protocol, max_
 
 def stream(question: str, llm, tools: Sequence[Tool], protocol: str | Protocol = "react", *,
            max_turns: int = 5, system: str | None = None, constrain: bool = True,
-           require_tool: bool = False) -> Iterator[tuple[Event, AgentState]]:
+           require_tool: bool = False, example: bool = False) -> Iterator[tuple[Event, AgentState]]:
     """Runs the agent, yielding each new trajectory event with the state it belongs to.
 
     Args:
@@ -135,13 +144,15 @@ def stream(question: str, llm, tools: Sequence[Tool], protocol: str | Protocol =
       llm: a backend with `chat(messages, tools=, stop=) -> LLMReply` (see `puyu_jax.agent.llm`).
       tools: the tools the model may call.
       protocol: `react`, `internlm2`, `openai`, or a Protocol instance.
-      max_turns: model calls at most; running out adds an `error` event and leaves `finished` False.
+      max_turns: model calls at most; running out adds an `error` event and leaves `finished` False
+        (constrained, the last call can only give the final answer).
       system: an optional system message (placed before the protocol's tool description).
       constrain: decode each reply under the protocol's action grammar when the backend can.
       require_tool: (constrained) the first reply must be a tool call.
+      example: show the model a worked example of a tool call and its use before the question.
     """
     proto = get_protocol(protocol)
-    state = init_state(question, tools, proto, system)
+    state = init_state(question, tools, proto, system, example)
     seen = 0
     for state in _states(state, llm, tools, proto, max_turns, constrain, require_tool):
         for event in state.trajectory[seen:]:
@@ -151,12 +162,12 @@ def stream(question: str, llm, tools: Sequence[Tool], protocol: str | Protocol =
 
 def run(question: str, llm, tools: Sequence[Tool], protocol: str | Protocol = "react", *, max_turns: int = 5,
         system: str | None = None, on_event: Callable[[Event], None] | None = None, constrain: bool = True,
-        require_tool: bool = False) -> AgentState:
+        require_tool: bool = False, example: bool = False) -> AgentState:
     """Runs the agent to its end (see `stream`) and returns the final state."""
     proto = get_protocol(protocol)
-    state = init_state(question, tools, proto, system)
+    state = init_state(question, tools, proto, system, example)
     for event, state in stream(question, llm, tools, proto, max_turns=max_turns, system=system, constrain=constrain,
-                               require_tool=require_tool):
+                               require_tool=require_tool, example=example):
         if on_event is not None:
             on_event(event)
     return state

@@ -118,7 +118,8 @@ class LocalLLM:
         if constraint is not None:
             # the grammar ends the reply; stop strings would cut a call's closing markup
             gen = replace(self.sampling, structural_tag=constraint, skip_special_tokens=False)
-            return self._reply(self.pipe(ids, gen).text, tools)
+            # the turn's end token (kept with the special tokens) is no part of the reply
+            return self._reply(truncate_at(self.pipe(ids, gen).text, self._template_stops()), tools)
         # special tokens are kept: protocol markup such as <|action_start|> may be one
         gen = replace(self.sampling, stop=tuple(self.sampling.stop) + stops, skip_special_tokens=False)
         return self._reply(truncate_at(self.pipe(ids, gen).text, list(stops)), tools)

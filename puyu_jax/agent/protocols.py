@@ -12,11 +12,15 @@
 
 A protocol is stateless: `parse` reads one reply, the `*_message(s)` methods build what goes
 back into the conversation. Malformed output gives `Malformed` with a message for the model.
+`call_reply` / `answer_reply` write a call and an answer the way the model should, so
+`example_messages` can show a worked example (an `Example`: a call, its observation, an answer
+taken from it) as earlier turns of the conversation, which small models imitate far more
+reliably than a format described in words.
 
 `action_format` is the protocol's reply written as a grammar (an xgrammar structural tag, see
 `puyu_jax.serve.guided`): a backend that decodes under it (`LocalLLM`) can only produce a reply
 that parses into a call of a declared tool with arguments valid under its schema, or a final
-answer (with `required`, a call).
+answer (with `required`, a call); `answer_format` allows only a final answer (an agent's last turn).
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from puyu_jax.agent.tool import Tool
 from puyu_jax.agent.types import Act, Final, LLMReply, Malformed, Parsed, ToolCall
 from puyu_jax.serve.guided import json_schema_tag, tool_call_tag
 
-__all__ = ["Protocol", "ReAct", "InternLM2", "OpenAITools", "PROTOCOLS", "get_protocol", "truncate_at"]
+__all__ = ["Protocol", "ReAct", "InternLM2", "OpenAITools", "PROTOCOLS", "get_protocol", "truncate_at", "Example",
+           "EXAMPLES"]
 
 
 def truncate_at(text: str, stops: Sequence[str]) -> str:
@@ -68,6 +73,29 @@ def _parse_json_args(raw: str) -> dict | str:
 
 
 @dataclass(frozen=True)
+class Example:
+    """A worked example of one tool call: the question, the call, the tool's output, the answer taken from it.
+    `observation` is what the real tool returns for `arguments` (tests/agent check it)."""
+
+    question: str
+    thought: str
+    tool: str
+    arguments: dict
+    observation: str
+    answer: str
+
+
+#: Generic worked examples, one per built-in tool that can answer a question; `example_messages` shows
+#: the first whose tool the agent has.
+EXAMPLES: tuple[Example, ...] = (
+    Example("How many seconds are there in 3 hours?", "I will compute it with Python.", "python",
+            {"code": "print(3 * 60 * 60)"}, "10800", "10800"),
+    Example("How many minutes are there in a week?", "I will compute it with the calculator.", "calculator",
+            {"expression": "7 * 24 * 60"}, "10080", "10080"),
+)
+
+
+@dataclass(frozen=True)
 class Protocol:
     """Base: subclasses define the prompt, the parser and the messages that carry results back."""
 
@@ -89,6 +117,30 @@ class Protocol:
         final answer; with `required`, a call. None when the protocol has no such grammar."""
         return None
 
+    def answer_format(self) -> str | None:
+        """The reply as a structural tag that allows only a final answer (an agent's last turn), or None."""
+        return None
+
+    def call_reply(self, thought: str, call: ToolCall) -> LLMReply:
+        """`call` with `thought`, written as the model should write it."""
+        raise TypeError(f"{type(self).__name__} must define call_reply()")
+
+    def answer_reply(self, thought: str, answer: str) -> LLMReply:
+        """A final answer, written as the model should write it."""
+        raise TypeError(f"{type(self).__name__} must define answer_reply()")
+
+    def example_messages(self, tools: Sequence[Tool], examples: Sequence[Example] = EXAMPLES) -> list[dict]:
+        """A worked example as earlier turns (question, call, observation, answer), in this protocol's
+        own messages: the first of `examples` whose tool is among `tools`; [] when none is."""
+        names = {t.spec.name for t in tools}
+        ex = next((e for e in examples if e.tool in names), None)
+        if ex is None:
+            return []
+        call = ToolCall(ex.tool, dict(ex.arguments), "call_example")
+        act, done = self.call_reply(ex.thought, call), self.answer_reply("", ex.answer)
+        return ([{"role": "user", "content": ex.question}, self.assistant_message(act, self.parse(act))]
+                + self.observation_messages([(call, ex.observation)]) + [self.assistant_message(done, self.parse(done))])
+
     def assistant_message(self, reply: LLMReply, parsed: Parsed) -> dict:
         return {"role": "assistant", "content": reply.text}
 
@@ -106,15 +158,17 @@ REACT_PROMPT = """Answer the question as well as you can. You can use these tool
 
 {tools}
 
-Use exactly this format:
+To use a tool, reply in exactly this format:
 
-Thought: think about what to do next
+Thought: what you need to do next
 Action: the tool to use, one of [{names}]
-Action Input: the tool's arguments as a JSON object (a tool with one text parameter also takes the text itself)
-Observation: the tool's result (written for you, do not write it yourself)
-... (Thought / Action / Action Input / Observation may repeat)
+Action Input: the tool's arguments as a JSON object
+
+The tool's result then comes back to you as `Observation: <result>` (do not write it yourself).
+Thought / Action / Action Input / Observation may repeat. When you know the answer, reply:
+
 Thought: I now know the final answer
-Final Answer: the final answer to the question"""
+Final Answer: the final answer to the question, taken from the Observation"""
 
 _REACT_ACTION = re.compile(r"^[ \t]*Action[ \t]*:[ \t]*(.*?)[ \t]*$", re.M)
 _REACT_INPUT = re.compile(r"^[ \t]*Action[ \t]*Input[ \t]*:[ \t]*", re.M)
@@ -161,27 +215,37 @@ class ReAct(Protocol):
 
     def action_format(self, tools, required=False):
         # Thought: <one line>\nAction: <tool>\nAction Input: <JSON args>   |   Thought: ...\nFinal Answer: <text>
+        # The arguments are always a JSON object valid under the tool's schema (as the prompt asks): the
+        # python tool's code is then one JSON string, never a line of free text a small model fills with
+        # prose or arithmetic. (`parse` still reads plain text after `Action Input:` from free decoding.)
         acts = [{"type": "sequence", "elements": [
-            {"type": "const_string", "value": f"Action: {t.spec.name}\nAction Input:"}, self._action_input(t)]}
-            for t in tools]
+            {"type": "const_string", "value": f"Action: {t.spec.name}\nAction Input: "},
+            json_schema_tag(t.spec.json_schema())]} for t in tools]
         if not required:
-            acts.append({"type": "sequence", "elements": [{"type": "const_string", "value": "Final Answer: "},
-                                                          {"type": "regex", "pattern": r"[^\n]+"}]})
-        return json.dumps({"type": "structural_tag", "format": {"type": "sequence", "elements": [
-            # (unbounded lines: a counted repetition such as {1,300} takes xgrammar seconds to compile)
-            {"type": "const_string", "value": "Thought: "}, {"type": "regex", "pattern": r"[^\n]+\n"},
-            {"type": "or", "elements": acts}]}}, ensure_ascii=False)
+            acts.append(self._final())
+        return self._thought_then({"type": "or", "elements": acts})
+
+    def answer_format(self):
+        return self._thought_then(self._final())
 
     @staticmethod
-    def _action_input(tool) -> dict:
-        """JSON arguments valid under the tool's schema; a tool with one text parameter also takes
-        one line of plain text (as `parse` reads it), which small models write more readily."""
-        args = {"type": "sequence", "elements": [{"type": "const_string", "value": " "},
-                                                 json_schema_tag(tool.spec.json_schema())]}
-        params = tool.spec.params
-        if len(params) == 1 and params[0].type == "text":
-            return {"type": "or", "elements": [args, {"type": "regex", "pattern": r" [^\n{` ][^\n]*"}]}
-        return args
+    def _final() -> dict:
+        return {"type": "sequence", "elements": [{"type": "const_string", "value": "Final Answer: "},
+                                                 {"type": "regex", "pattern": r"[^\n]+"}]}
+
+    @staticmethod
+    def _thought_then(fmt: dict) -> str:
+        return json.dumps({"type": "structural_tag", "format": {"type": "sequence", "elements": [
+            # (unbounded lines: a counted repetition such as {1,300} takes xgrammar seconds to compile)
+            {"type": "const_string", "value": "Thought: "}, {"type": "regex", "pattern": r"[^\n]+\n"}, fmt]}},
+            ensure_ascii=False)
+
+    def call_reply(self, thought, call):
+        args = call.arguments if isinstance(call.arguments, str) else json.dumps(call.arguments, ensure_ascii=False)
+        return LLMReply(f"Thought: {thought}\nAction: {call.name}\nAction Input: {args}")
+
+    def answer_reply(self, thought, answer):
+        return LLMReply(f"Thought: {thought or 'I now know the final answer'}\nFinal Answer: {answer}")
 
     def assistant_message(self, reply, parsed):
         return {"role": "assistant", "content": truncate_at(reply.text, self.stop).rstrip()}
@@ -207,6 +271,12 @@ INTERNLM2_INTERPRETER = (
     "- Machine learning and data science (model training and data visualization)\n"
     "- File operations and data import (handling CSV, JSON, and other format files)"
 )
+# the markup, spelled out (InternLM2-Chat learnt it in training; any other model reads it here)
+INTERNLM2_INTERPRETER_CALL = ("To run code, write <|action_start|><|interpreter|>, then the code in a ```python block, "
+                              "then <|action_end|>. Its output comes back to you; answer with it.")
+INTERNLM2_PLUGIN_CALL = ('To call one of these tools, write <|action_start|><|plugin|>, then '
+                         '{"name": <tool name>, "parameters": {...}}, then <|action_end|>. Its result comes back to '
+                         'you; answer with it.')
 ACTION_START, ACTION_END, PLUGIN, INTERPRETER = "<|action_start|>", "<|action_end|>", "<|plugin|>", "<|interpreter|>"
 
 
@@ -225,9 +295,11 @@ class InternLM2(Protocol):
         for p in plugins:
             p.pop("returns")
         if plugins:
-            msgs.append({"role": "system", "name": "plugin", "content": json.dumps(plugins, ensure_ascii=False)})
+            msgs.append({"role": "system", "name": "plugin",
+                         "content": json.dumps(plugins, ensure_ascii=False) + "\n" + INTERNLM2_PLUGIN_CALL})
         if any(t.spec.name == self.interpreter_tool for t in tools):
-            msgs.append({"role": "system", "name": "interpreter", "content": INTERNLM2_INTERPRETER})
+            msgs.append({"role": "system", "name": "interpreter",
+                         "content": INTERNLM2_INTERPRETER + "\n" + INTERNLM2_INTERPRETER_CALL})
         return msgs
 
     def parse(self, reply):
@@ -276,6 +348,19 @@ class InternLM2(Protocol):
             fmt = {"type": "triggered_tags", "triggers": [ACTION_START], "tags": calls, "stop_after_first": True}
         return json.dumps({"type": "structural_tag", "format": fmt}, ensure_ascii=False)
 
+    def answer_format(self):
+        return json.dumps({"type": "structural_tag", "format": {"type": "any_text", "excludes": [ACTION_START]}})
+
+    def call_reply(self, thought, call):
+        if call.name == self.interpreter_tool:
+            code = call.arguments if isinstance(call.arguments, str) else call.arguments["code"]
+            return LLMReply(f"{thought}{ACTION_START}{INTERPRETER}\n```python\n{code}\n```{ACTION_END}")
+        body = json.dumps({"name": call.name, "parameters": call.arguments}, ensure_ascii=False)
+        return LLMReply(f"{thought}{ACTION_START}{PLUGIN}\n{body}{ACTION_END}")
+
+    def answer_reply(self, thought, answer):
+        return LLMReply(answer)
+
     def assistant_message(self, reply, parsed):
         text = truncate_at(reply.text, ("<|im_end|>",)).rstrip()
         if isinstance(parsed, Act) and ACTION_START in text and not text.endswith(ACTION_END):
@@ -309,6 +394,16 @@ class OpenAITools(Protocol):
         calls = [(f'<tool_call>\n{{"name": {json.dumps(t.spec.name, ensure_ascii=False)}, "arguments": ',
                   t.spec.json_schema(), "}\n</tool_call>") for t in tools]
         return tool_call_tag(calls, trigger="<tool_call>", required=required, text_before=False)
+
+    def answer_format(self):
+        return json.dumps({"type": "structural_tag", "format": {"type": "any_text", "excludes": ["<tool_call>"]}})
+
+    def call_reply(self, thought, call):
+        args = call.arguments if isinstance(call.arguments, str) else json.dumps(call.arguments, ensure_ascii=False)
+        return LLMReply(thought, (ToolCall(call.name, args, call.id or "call_0"),))
+
+    def answer_reply(self, thought, answer):
+        return LLMReply(answer)
 
     def parse(self, reply):
         if not reply.tool_calls:
