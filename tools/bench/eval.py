@@ -106,7 +106,7 @@ def main(argv=None):
             warm_s, s, preds = run(backend, ds, rows, args.warmup)
             acc = 100.0 * sum(p["prediction"] == p["gold"] for p in preds) / len(preds)
             res[label] = {"warmup_s": warm_s, "seconds": s, "items_per_s": len(rows) / s, "accuracy": acc,
-                          "values": [p["values"] for p in preds]}
+                          "values": [p["logprobs"] for p in preds]}
             print(f"{name} {label}: {len(rows)} items in {s:.1f} s ({len(rows) / s:.2f} items/s, warm-up "
                   f"{warm_s:.1f} s), accuracy {acc:.1f}", flush=True)
         diff = speed = float("nan")
