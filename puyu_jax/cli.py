@@ -301,7 +301,8 @@ def use_compile_cache(env=os.environ) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    use_compile_cache()
+    if args.command != "aot":  # programs for a TPU topology cannot be read back without its chips
+        use_compile_cache()
     from puyu_jax.config import ConfigError
 
     try:

@@ -98,8 +98,10 @@ def test_internlm2_malformed(text, message):
 def test_internlm2_system_turns_and_environment():
     msgs = InternLM2().system_messages(TOOLS)
     assert [(m["role"], m.get("name")) for m in msgs] == [("system", None), ("system", "plugin"), ("system", "interpreter")]
-    plugins = json.loads(msgs[1]["content"])
+    schemas, how = msgs[1]["content"].split("\n", 1)  # the tools' JSON, then how to call them
+    plugins = json.loads(schemas)
     assert [p["name"] for p in plugins] == ["calculator"] and "returns" not in plugins[0]
+    assert "<|action_start|><|plugin|>" in how and "<|action_end|>" in how
     assert InternLM2().observation_messages([(ToolCall("python", {}), "10"), (ToolCall("calculator", {}), "2")]) == [
         {"role": "environment", "name": "interpreter", "content": "10"},
         {"role": "environment", "name": "plugin", "content": "2"}]
