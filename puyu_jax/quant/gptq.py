@@ -42,7 +42,7 @@ import numpy as np
 from flax import nnx
 
 from puyu_jax.models.transformer import Transformer, rope_inv_freq
-from puyu_jax.quant.int4 import Int4Weight, _check_kind, check_group_size, int4_weight
+from puyu_jax.quant.int4 import Int4Weight, _check_kind, check_group_size, int4_weight, quantize_codes
 
 Array = jax.Array
 
@@ -131,7 +131,7 @@ def gptq_quantize(w2: Array, hessian: Array, *, group_size: int = 128, kind: str
                 s_i = scales[i // g]
                 o_i = None if offsets is None else offsets[i // g]
             wi = w1[r]
-            qi = _np_codes(wi, s_i, o_i, kind)
+            qi = quantize_codes(wi, s_i, o_i, kind, xp=np)
             e = (wi - _np_dequant(qi, s_i, o_i, kind)) / u1[r, r]
             w1[r + 1 :] -= np.outer(u1[r, r + 1 :], e)
             q[i] = qi
@@ -153,16 +153,6 @@ def _np_params(wmax, wmin, kind):
     if kind == "min":
         return scales, wmin.astype(np.float32)
     return scales, np.clip(-np.round(wmin / scales), 0, 15).astype(np.float32)
-
-
-def _np_codes(w, s, o, kind):
-    if kind == "zero":
-        q = np.round(w / s) + o
-    elif kind == "min":
-        q = np.round((w - o) / s)
-    else:
-        q = np.round(w / s) + 8.0
-    return np.clip(q, 0, 15).astype(np.int32)
 
 
 def _np_dequant(q, s, o, kind):

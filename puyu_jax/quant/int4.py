@@ -190,16 +190,18 @@ def _params(wmax: Array, wmin: Array, kind: str) -> tuple[Array, Array | None]:
     return scales, jnp.clip(-jnp.round(wmin / scales), 0, QMAX)
 
 
-def quantize_codes(w: Array, scales: Array, offsets: Array | None, kind: str) -> Array:
-    """int4 codes 0..15 (int32) of `w` with broadcasting scales / offsets of `kind`."""
-    w = w.astype(jnp.float32)
+def quantize_codes(w: Array, scales: Array, offsets: Array | None, kind: str, xp=jnp) -> Array:
+    """int4 codes 0..15 (int32) of `w` with broadcasting scales / offsets of `kind`.
+
+    xp: the array module, jax.numpy (default) or numpy (GPTQ's column loop runs on the host)."""
+    w = w.astype(xp.float32)
     if kind == "zero":
-        q = jnp.round(w / scales) + offsets
+        q = xp.round(w / scales) + offsets
     elif kind == "min":
-        q = jnp.round((w - offsets) / scales)
+        q = xp.round((w - offsets) / scales)
     else:
-        q = jnp.round(w / scales) + 8.0
-    return jnp.clip(q, 0, QMAX).astype(jnp.int32)
+        q = xp.round(w / scales) + 8.0
+    return xp.clip(q, 0, QMAX).astype(xp.int32)
 
 
 def quantize_groups(w2: Array, group_size: int, kind: str = "zero") -> tuple[Array, Array, Array | None]:
