@@ -129,6 +129,20 @@ class _Tap(nnx.Module):
 _TAPS = (("attn", "q_proj"), ("attn", "o_proj"), ("mlp", "gate_proj"), ("mlp", "down_proj"))
 
 
+def calibration_inputs(model: Transformer, calib_tokens):
+    """What a layer-by-layer calibration starts from: a shallow copy of `model` to change,
+    the embedded calibration windows x [n, t, d] (what the first block sees) and the rope
+    inverse frequencies for t positions."""
+    from puyu_jax.quant.model import shallow_copy
+
+    mcfg = model.cfg
+    work = shallow_copy(model)
+    tokens = jnp.asarray(np.asarray(calib_tokens), jnp.int32)
+    inv_freq = rope_inv_freq(mcfg.rope, mcfg.dim_per_head, mcfg.max_position_embeddings, tokens.shape[1])
+    x = jnp.take(work.embed.embedding[...], tokens, axis=0).astype(jnp.dtype(mcfg.dtype))
+    return work, x, inv_freq
+
+
 def _tapped_copy(block):
     copy = nnx.clone(block)
     for parent, name in _TAPS:
@@ -342,16 +356,10 @@ def apply_awq(model: Transformer, calib_tokens, cfg: AWQConfig = AWQConfig(), *,
     Returns:
       (new float model ready for RTN, {"layers": [...], "seconds": ...}).
     """
-    from puyu_jax.quant.model import shallow_copy
-
     t0 = time.time()
     mcfg = model.cfg
-    out = shallow_copy(model)
-    tokens = jnp.asarray(np.asarray(calib_tokens), jnp.int32)
-    n, t = tokens.shape
-    dtype = jnp.dtype(mcfg.dtype)
-    inv_freq = rope_inv_freq(mcfg.rope, mcfg.dim_per_head, mcfg.max_position_embeddings, t)
-    x = jnp.take(out.embed.embedding[...], tokens, axis=0).astype(dtype)
+    out, x, inv_freq = calibration_inputs(model, calib_tokens)
+    n, t = x.shape[:2]
     key = jax.random.key(cfg.seed)
     same_heads = mcfg.num_heads == mcfg.num_kv_heads
     layers = []

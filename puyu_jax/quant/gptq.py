@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from puyu_jax.models.transformer import Transformer, rope_inv_freq
+from puyu_jax.models.transformer import Transformer
 from puyu_jax.quant.int4 import Int4Weight, _check_kind, check_group_size, int4_weight, quantize_codes
 
 Array = jax.Array
@@ -194,19 +194,14 @@ def apply_gptq(model: Transformer, calib_tokens, cfg: GPTQConfig = GPTQConfig(),
       ({flat kernel name: Int4Weight}, {"layers": [...], "seconds": ..., "calib_tokens": ...}),
       ready for `puyu_jax.quant.model.install_weights`.
     """
-    from puyu_jax.quant.awq import _TAPS, _block_forward, _tapped_copy
-    from puyu_jax.quant.model import n_in_axes, shallow_copy
+    from puyu_jax.quant.awq import _TAPS, _block_forward, _tapped_copy, calibration_inputs
+    from puyu_jax.quant.model import n_in_axes
 
     check_group_size(cfg.group_size)
     _check_kind(cfg.kind)
     t0 = time.time()
-    mcfg = model.cfg
-    work = shallow_copy(model)
-    tokens = jnp.asarray(np.asarray(calib_tokens), jnp.int32)
-    n, t = tokens.shape
-    dtype = jnp.dtype(mcfg.dtype)
-    inv_freq = rope_inv_freq(mcfg.rope, mcfg.dim_per_head, mcfg.max_position_embeddings, t)
-    x = jnp.take(work.embed.embedding[...], tokens, axis=0).astype(dtype)
+    work, x, inv_freq = calibration_inputs(model, calib_tokens)
+    n, t = x.shape[:2]
     groups = {"q_proj": ("attn", ("q_proj", "k_proj", "v_proj")), "o_proj": ("attn", ("o_proj",)),
               "gate_proj": ("mlp", ("gate_proj", "up_proj")), "down_proj": ("mlp", ("down_proj",))}
     weights, layers = {}, []
