@@ -169,6 +169,11 @@ def _split_spec(spec: str, n_in: int) -> tuple[str, str, str, str]:
     return x, w[:n_in], w[n_in:], y
 
 
+class DropoutKey(nnx.Variable):
+    """A LoRA module's dropout key for one step: model state (so a scanned model stacks one key
+    per layer), never a parameter."""
+
+
 class LoRAProj(Projection):
     """A `Projection` with LoRA factors: y = x W (+ bias) + dropout(x) A B * scale."""
 
@@ -186,7 +191,7 @@ class LoRAProj(Projection):
                                     out_sharding=(None, *axes[n:]), eager_sharding=False)
         self.scale = lora.scale
         self.dropout = lora.dropout
-        self.dropout_key = None  # set per step by LoRAAdapter.bind when training
+        self.dropout_key = nnx.data(None)  # a DropoutKey, set per step by LoRAAdapter.bind when training
 
     def __call__(self, spec: str, x: jax.Array) -> jax.Array:
         y = super().__call__(spec, x)
@@ -194,7 +199,7 @@ class LoRAProj(Projection):
         rest = "".join(c for c in xs if c not in w_in)
         h = x
         if self.dropout > 0 and self.dropout_key is not None:
-            keep = jax.random.bernoulli(self.dropout_key, 1.0 - self.dropout, x.shape)
+            keep = jax.random.bernoulli(self.dropout_key[...], 1.0 - self.dropout, x.shape)
             h = jnp.where(keep, x / (1.0 - self.dropout), 0).astype(x.dtype)
         xa = jnp.einsum(f"{xs},{w_in}R->{rest}R", h, self.lora_a[...].astype(x.dtype))
         return y + self.scale * jnp.einsum(f"{rest}R,R{w_out}->{ys}", xa, self.lora_b[...].astype(x.dtype))
@@ -276,7 +281,7 @@ class LoRAAdapter:
         model = bind_lora(graphdef, template, frozen, trainable)
         if rng is not None and self.lora.dropout > 0:
             for i, m in enumerate(lora_modules(model, self.cfg, self.lora)):
-                m.dropout_key = jax.random.fold_in(rng, i)
+                m.dropout_key = DropoutKey(jax.random.fold_in(rng, i))
         return model
 
     def merged(self, trainable: dict) -> dict[str, np.ndarray]:

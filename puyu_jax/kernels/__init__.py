@@ -11,14 +11,11 @@ from puyu_jax.kernels.int4_matmul import (
     w8a8_matmul_reference,
 )
 from puyu_jax.kernels.paged_attention import (
-    dequantize_kv,
     paged_attention,
     paged_attention_reference,
-    quantize_kv,
 )
 
 __all__ = [
-    "dequantize_kv",
     "int4_matmul",
     "int4_matmul_reference",
     "int8_matmul",
@@ -26,7 +23,6 @@ __all__ = [
     "pack_int4",
     "paged_attention",
     "paged_attention_reference",
-    "quantize_kv",
     "unpack_int4",
     "w8a8_matmul",
     "w8a8_matmul_reference",

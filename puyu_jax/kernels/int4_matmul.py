@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from puyu_jax.kernels.target import kernel_backend
+from puyu_jax.kernels.target import kernel_backend, out_struct, pow2_at_least
 
 __all__ = ["pack_int4", "unpack_int4", "int4_matmul", "int4_matmul_reference", "int8_matmul", "int8_matmul_reference",
            "offset_kind", "quantize_rows", "w8a8_matmul", "w8a8_matmul_reference"]
@@ -225,15 +225,6 @@ def _int8_kernel(x_ref, qw_ref, s_ref, o_ref, *, group_size: int, groups_per_ste
     o_ref[...] = acc.astype(o_ref.dtype)
 
 
-def _pow2_at_least(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
-
-
-def _out_struct(shape, dtype, *inputs):
-    """Output type for pallas_call that also works inside `jax.shard_map(check_vma=True)`: the
-    result varies over every mesh axis any input varies over."""
-    varying = frozenset().union(*(jax.typeof(a).manual_axis_type.varying for a in inputs))
-    return jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=jax.sharding.ManualAxisType(varying=varying))
 
 
 def _tiles(x, n, group_size, block_m, block_n, block_k, per_load: int = 1):
@@ -242,7 +233,7 @@ def _tiles(x, n, group_size, block_m, block_n, block_k, per_load: int = 1):
     m, k = x.shape
     # Decode has m of 1..32: shrink the m tile to the smallest power of two that holds m
     # (16 at least, the smallest tensor-core / MXU-friendly tile) and pad rows to a whole tile.
-    bm = max(16, min(block_m, _pow2_at_least(m)))
+    bm = max(16, min(block_m, pow2_at_least(m)))
     m_pad = -(-m // bm) * bm
     if m_pad != m:
         x = jnp.pad(x, ((0, m_pad - m), (0, 0)))
@@ -302,7 +293,7 @@ def _int4_pallas(x, qweight, scales, offsets, *, group_size, kind="zero", backen
     ] + [pl.BlockSpec((groups, bn), lambda i, j: (0, j))] * (len(inputs) - 3)
     y = pl.pallas_call(
         kernel,
-        out_shape=_out_struct((m_pad, n), x.dtype, *inputs),
+        out_shape=out_struct((m_pad, n), x.dtype, *inputs),
         grid=(m_pad // bm, n // bn),
         in_specs=in_specs,
         out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
@@ -326,7 +317,7 @@ def _int8_pallas(x, qweight, scales, *, group_size, backend, interpret, block_m,
     kernel = functools.partial(_int8_kernel, group_size=group_size, groups_per_step=per_step)
     y = pl.pallas_call(
         kernel,
-        out_shape=_out_struct((x.shape[0], n), x.dtype, x, qweight, scales),
+        out_shape=out_struct((x.shape[0], n), x.dtype, x, qweight, scales),
         grid=(x.shape[0] // bm, n // bn),
         in_specs=[
             pl.BlockSpec((bm, k), lambda i, j: (i, 0)),
@@ -444,7 +435,7 @@ def _w8a8_pallas(x, qweight, scales, *, backend, interpret, block_m, block_n):
     xq, xs = quantize_rows(x)
     y = pl.pallas_call(
         _w8a8_kernel,
-        out_shape=_out_struct((x.shape[0], n), x.dtype, xq, xs, qweight, scales),
+        out_shape=out_struct((x.shape[0], n), x.dtype, xq, xs, qweight, scales),
         grid=(x.shape[0] // bm, n // bn),
         in_specs=[
             pl.BlockSpec((bm, k), lambda i, j: (i, 0)),

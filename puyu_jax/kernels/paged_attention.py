@@ -7,7 +7,8 @@ in the block table.
 * `q [b, h, e]`: one decode query per sequence, the token at position `lengths[b] - 1` whose K/V
   are already written in the pages.
 * `k_pages, v_pages [k, n, s, e]`: float (fp32 / bf16 / fp16) or int8. With int8 pages,
-  `k_scale, v_scale [k, n, s]` float32 hold per-token-per-head scales (value = int8 * scale).
+  `k_scale, v_scale [k, n, s]` float32 hold per-token-per-head scales (value = int8 * scale;
+  the format is `puyu_jax.quant.kv`).
 * `lengths [b]` int32: valid keys per sequence; 0 marks a padding row (its output is zeros).
 * `block_tables [b, p]` int32: key position t of sequence b lives at page `block_tables[b, t // s]`,
   slot `t % s`. Entries past a sequence's last page are ignored.
@@ -27,37 +28,12 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from puyu_jax.kernels.target import kernel_backend
+from puyu_jax.kernels.target import kernel_backend, out_struct, pow2_at_least
 
-__all__ = ["paged_attention", "paged_attention_reference", "quantize_kv", "dequantize_kv"]
+__all__ = ["paged_attention", "paged_attention_reference"]
 
 # Finite stand-in for -inf: exp(MASK - m) underflows to 0 without producing NaN from inf - inf.
 _MASK = -0.7 * float(jnp.finfo(jnp.float32).max)
-
-
-# --------------------------------------------------------------------------- int8 KV helpers
-
-
-def quantize_kv(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Symmetric per-token-per-head int8 quantization over the last axis.
-
-    Args:
-      x: `[..., e]` float.
-
-    Returns:
-      (`[..., e]` int8 in -127..127, `[...]` float32 scale = absmax / 127); all-zero rows get
-      scale 1 so that dequantization stays exact and finite.
-    """
-    xf = x.astype(jnp.float32)
-    absmax = jnp.max(jnp.abs(xf), axis=-1)
-    scale = jnp.where(absmax > 0, absmax / 127.0, 1.0).astype(jnp.float32)
-    q = jnp.clip(jnp.round(xf / scale[..., None]), -127, 127).astype(jnp.int8)
-    return q, scale
-
-
-def dequantize_kv(x_int8: jax.Array, scale: jax.Array, dtype=jnp.float32) -> jax.Array:
-    """`[..., e]` int8 and `[...]` scale -> `[..., e]` in `dtype` (int8 * scale)."""
-    return (x_int8.astype(jnp.float32) * scale[..., None].astype(jnp.float32)).astype(dtype)
 
 
 # --------------------------------------------------------------------------- shared checks
@@ -192,15 +168,6 @@ def _gpu_kernel(lengths_ref, bt_ref, q_ref, k_ref, v_ref, *refs, scale: float, w
     l_ref[...] = l
 
 
-def _pow2_at_least(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
-
-
-def _out_struct(shape, dtype, *inputs):
-    """Output type for pallas_call that also works inside `jax.shard_map(check_vma=True)`: the
-    result varies over every mesh axis any input varies over."""
-    varying = frozenset().union(*(jax.typeof(a).manual_axis_type.varying for a in inputs if a is not None))
-    return jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=jax.sharding.ManualAxisType(varying=varying))
 
 
 def _paged_gpu(q, k_pages, v_pages, lengths, block_tables, k_scale, v_scale, *, scale, window,
@@ -210,7 +177,7 @@ def _paged_gpu(q, k_pages, v_pages, lengths, block_tables, k_scale, v_scale, *, 
     g = h // kh
     p = block_tables.shape[1]
     # Triton tiles need power-of-two sizes and tensor-core dots at least 16 rows.
-    gq = max(16, _pow2_at_least(g))
+    gq = max(16, pow2_at_least(g))
     qg = q.reshape(b, kh, g, e)
     if gq != g:
         qg = jnp.pad(qg, ((0, 0), (0, 0), (0, gq - g), (0, 0)))
@@ -240,9 +207,9 @@ def _paged_gpu(q, k_pages, v_pages, lengths, block_tables, k_scale, v_scale, *, 
             pl.BlockSpec((None, None, None, gq), lambda bi, ki, c: (bi, ki, c, 0)),
         ],
         out_shape=[
-            _out_struct((b, kh, chunks, gq, e), jnp.float32, *args),
-            _out_struct((b, kh, chunks, gq), jnp.float32, *args),
-            _out_struct((b, kh, chunks, gq), jnp.float32, *args),
+            out_struct((b, kh, chunks, gq, e), jnp.float32, *args),
+            out_struct((b, kh, chunks, gq), jnp.float32, *args),
+            out_struct((b, kh, chunks, gq), jnp.float32, *args),
         ],
         # Triton params select the Triton lowering on GPU (rather than Mosaic GPU).
         compiler_params=pltriton.CompilerParams(num_warps=4, num_stages=2),
@@ -384,7 +351,7 @@ def _paged_tpu(q, k_pages, v_pages, lengths, block_tables, k_scale, v_scale, *, 
     out = pl.pallas_call(
         functools.partial(_tpu_kernel, scale=scale, window=window, quantized=quantized, pages_per_block=ppb),
         grid_spec=grid_spec,
-        out_shape=_out_struct((b, kh, g, e), q.dtype, lengths, block_tables, *args),
+        out_shape=out_struct((b, kh, g, e), q.dtype, lengths, block_tables, *args),
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary")),
         cost_estimate=_cost_estimate(q, k_pages, block_tables, quantized),
         interpret=interpret,

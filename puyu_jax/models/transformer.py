@@ -24,7 +24,7 @@ Parameter paths (the flat-dict contract used by the checkpoint converters):
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import flax.struct
 import jax
@@ -178,7 +178,7 @@ class Attention(nnx.Module):
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
         scale = 1.0 / math.sqrt(self.cfg.dim_per_head)
-        if hasattr(kv_cache, "attend"):
+        if isinstance(kv_cache, LayerCache):
             # A cache that owns its attention (the serving engine's paged KV cache).
             out, kv_cache = kv_cache.attend(q, k, v, scale)
             return self.o_proj("bthe,hed->btd", out), kv_cache
@@ -255,11 +255,11 @@ class Transformer(nnx.Module):
         tokens: Array,
         positions: Array | None = None,
         segment_ids: Array | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | ExternalCache | None = None,
         *,
         last_only: bool = False,
         remat: Any = None,
-    ) -> tuple[Array, KVCache | None]:
+    ) -> tuple[Array, Any]:
         """Forward pass.
 
         Args:
@@ -269,7 +269,8 @@ class Transformer(nnx.Module):
           segment_ids: [b, t] document ids for packed sequences (0 = padding); tokens
             attend only within their segment. Ignored with a cache.
           cache: a KVCache to extend (prefill or decode); the new tokens are written at
-            slots [length, length + t) and the updated cache is returned.
+            slots [length, length + t) and the updated cache is returned. Or an
+            `ExternalCache` (the engine's paged cache), which owns attention and positions.
           last_only: return logits for the last position only ([b, 1, v]).
           remat: optional `jax.checkpoint` policy (or True for full remat) per block.
         Returns:
@@ -278,7 +279,7 @@ class Transformer(nnx.Module):
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
         b, t = tokens.shape
-        if cache is not None and not isinstance(cache, KVCache):
+        if isinstance(cache, ExternalCache):
             return self._external_cache_forward(tokens, cache, last_only)
         if cache is None:
             if positions is None:
@@ -310,12 +311,7 @@ class Transformer(nnx.Module):
                 new_v.append(layer_cache[1])
         if last_only:
             x = x[:, -1:]
-        x = self.final_norm(x)
-        if cfg.tie_word_embeddings:
-            logits = self.embed.attend(x)
-        else:
-            logits = self.lm_head("btd,dv->btv", x)
-        logits = logits.astype(jnp.float32)
+        logits = self._logits(x)
         if cache is not None:
             cache = cache.replace(k=new_k, v=new_v, length=cache.length + t)
         return logits, cache
@@ -335,23 +331,43 @@ class Transformer(nnx.Module):
         if last_only:
             index = cache.logits_index if cache.logits_index.ndim == 2 else cache.logits_index[:, None]
             x = jnp.take_along_axis(x, index[:, :, None], axis=1)  # [b, S, d]
+        return self._logits(x), cache
+
+    def _logits(self, x: Array) -> Array:
+        """The tail every path shares: final norm, then the (tied or separate) head, in float32."""
         x = self.final_norm(x)
-        if cfg.tie_word_embeddings:
-            logits = self.embed.attend(x)
-        else:
-            logits = self.lm_head("btd,dv->btv", x)
-        return logits.astype(jnp.float32), cache
+        if self.cfg.tie_word_embeddings:
+            return self.embed.attend(x).astype(jnp.float32)
+        return self.lm_head("btd,dv->btv", x).astype(jnp.float32)
 
 
-class ExternalCache:
-    """What the model needs of a cache that owns its attention (duck-typed).
+@runtime_checkable
+class LayerCache(Protocol):
+    """One layer's view of a cache that owns its attention."""
+
+    cache: Any  # the updated whole cache, after `attend`
+
+    def attend(self, q: Array, k: Array, v: Array, scale: float) -> tuple[Array, "LayerCache"]:
+        """Stores the new keys / values (`[b, t, k, e]`) and attends `q [b, t, h, e]` over the
+        cached ones: (out `[b, t, h, e]`, the view holding the updated cache)."""
+        ...
+
+
+@runtime_checkable
+class ExternalCache(Protocol):
+    """What the model needs of a cache that owns its attention (the serving engine's
+    `serve.kv_cache.PagedBatch`); the dense `KVCache` is the other kind.
 
     positions: [b, t] int32 absolute position of every new token.
     logits_index: [b] or [b, S] int32, which of the t tokens give each row's logits with last_only.
-    layer(i): a view whose `attend(q [b,t,h,e], k, v [b,t,k,e], scale) -> (out [b,t,h,e], view)`
-      stores the new keys/values and attends over the cached ones; `view.cache` is the
-      updated whole cache.
     """
+
+    positions: Array
+    logits_index: Array
+
+    def layer(self, i: int) -> LayerCache:
+        """The view of layer `i`."""
+        ...
 
 
 def _scan_layers(layers, x: Array, positions: Array, inv_freq: Array, mask: Array, remat: Any) -> Array:

@@ -39,7 +39,7 @@ from puyu_jax.kernels.int4_matmul import int4_matmul, int8_matmul, w8a8_matmul
 from puyu_jax.kernels.target import kernel_backend
 from puyu_jax.models.config import ModelConfig
 from puyu_jax.models.params import abstract_model, param_shapes
-from puyu_jax.models.projection import Projection
+from puyu_jax.models.projection import PROJECTIONS, Projection
 from puyu_jax.models.transformer import Transformer
 from puyu_jax.quant.int4 import Int4Weight, Int8Weight, QuantWeight, quantize_int4, quantize_int8
 
@@ -47,7 +47,6 @@ QUANT_YAML = "quant.yaml"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "puyu-int4"
 METHODS = ("rtn", "awq", "gptq", "smoothquant")
-PROJECTIONS = ("attn/q_proj", "attn/k_proj", "attn/v_proj", "attn/o_proj", "mlp/gate_proj", "mlp/up_proj", "mlp/down_proj")
 EMBED = "embed/embedding"
 _QUANT_FIELDS = ("qweight", "scales", "zeros", "mins")
 

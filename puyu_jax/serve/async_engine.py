@@ -1,8 +1,9 @@
 """The engine driven by a background thread, for asyncio servers.
 
-The engine is single-threaded: one loop thread owns it. Requests and aborts reach that
-thread through a command queue and are applied between steps, so an HTTP event loop
-never waits on a model step. Outputs go back to each request's asyncio queue with
+The engine is single-threaded: one loop thread owns it. A request is checked on the caller's
+side (`LLMEngine.validate_request`, in a worker thread) and its stream returned at once;
+requests and aborts then reach the loop thread through a command queue and are applied
+between steps, so an HTTP event loop never waits on a model step (nor on a compile). Outputs go back to each request's asyncio queue with
 `call_soon_threadsafe`.
 
 Faults: a request whose step raised is ended alone (its stream raises `RequestFailedError`,
@@ -14,7 +15,6 @@ true and the death listeners run (`puyu serve` then exits non-zero).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import queue
 import threading
@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable
 
 from puyu_jax.serve.config import GenerationConfig
 from puyu_jax.serve.engine import LLMEngine
-from puyu_jax.serve.errors import EngineDeadError, RequestFailedError
+from puyu_jax.serve.errors import EngineDeadError, QueueFullError, RequestFailedError
 from puyu_jax.serve.outputs import EngineStats, RequestOutput
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ class AsyncEngine:
         self._step_listeners: list[Callable[[EngineStats], None]] = []
         self._death_listeners: list[Callable[[BaseException], None]] = []
         self._shutdown_lock = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._pending = 0  # requests checked and queued that the loop has not taken yet
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -112,12 +114,14 @@ class AsyncEngine:
 
     async def submit(self, prompt, gen: GenerationConfig = GenerationConfig(), request_id: str | None = None
                      ) -> "RequestStream":
-        """Queues a request and returns its output stream once the engine accepted it.
+        """Checks a request, queues it and returns its output stream at once (before the engine's
+        loop takes it: a loop busy with a long step, e.g. compiling, does not hold the caller).
 
-        Raises QueueFullError, PromptTooLongError or ValueError (from the engine's checks)
+        Raises QueueFullError, PromptTooLongError or ValueError (the engine's checks, run here)
         and EngineDeadError. Iterating the stream yields outputs until the request finishes
-        (or raises RequestFailedError / EngineDeadError); closing it early (`close`, `aclose`,
-        or a cancelled `__anext__`) aborts the request and frees its KV blocks.
+        (or raises RequestFailedError / EngineDeadError, or an error the engine's loop met when it
+        took the request); closing it early (`close`, `aclose`, or a cancelled `__anext__`) aborts
+        the request and frees its KV blocks.
         """
         (stream,) = await self.submit_batch([(prompt, gen)], [request_id])
         return stream
@@ -125,34 +129,34 @@ class AsyncEngine:
     async def submit_batch(self, items: list[tuple[object, GenerationConfig]],
                            request_ids: list[str | None] | None = None) -> list["RequestStream"]:
         """`submit` for several (prompt, gen) at once: the engine takes them in the same step (one
-        batch). If one is refused, the others are aborted and its error is raised."""
+        batch). If one is refused, none is queued and its error is raised."""
         if self.error is not None:
             raise EngineDeadError(f"the engine stopped: {self.error!r}")
         if not self._accepting:
             raise EngineDeadError("the engine is shutting down")
         self.start()
         loop = asyncio.get_running_loop()
-        adds, streams, futures = [], [], []
-        for (prompt, gen), rid in zip(items, request_ids or [None] * len(items)):
-            rid = rid or uuid.uuid4().hex
+        # tokenizing a text prompt or compiling a grammar can take a while: off the event loop
+        checked = await loop.run_in_executor(None, lambda: [self.engine.validate_request(p, g) for p, g in items])
+        rids = [rid or uuid.uuid4().hex for rid in request_ids or [None] * len(items)]
+        seen: set[str] = set()
+        for rid in rids:
+            if rid in self._streams or rid in seen:
+                raise ValueError(f"request id {rid!r} is already in use")
+            seen.add(rid)
+        with self._pending_lock:
+            waiting = len(self.engine.scheduler.waiting) + self._pending
+            if waiting + len(items) > self.engine.config.max_waiting:
+                raise QueueFullError(f"{waiting} requests are waiting; try again later")
+            self._pending += len(items)
+        adds, streams = [], []
+        for (_, gen), ids, rid in zip(items, checked, rids):
             outputs: asyncio.Queue = asyncio.Queue()
-            future: concurrent.futures.Future = concurrent.futures.Future()
             self._streams[rid] = (loop, outputs)
-            adds.append(("add", rid, prompt, gen, time.time(), future))
+            adds.append(("add", rid, ids, gen, time.time()))
             streams.append(RequestStream(self, rid, outputs))
-            futures.append(future)
         self._commands.put(("batch", adds))
         self._wake.set()
-        try:
-            for future in futures:
-                await asyncio.wrap_future(future)
-        except BaseException:
-            for stream, future in zip(streams, futures):
-                if future.done() and future.exception() is not None:
-                    stream._end(abort=False)
-                else:  # accepted, or cancelled while pending (commands are FIFO: the abort lands after the add)
-                    stream.close()
-            raise
         return streams
 
     async def generate(self, prompt, gen: GenerationConfig = GenerationConfig(), request_id: str | None = None
@@ -179,13 +183,13 @@ class AsyncEngine:
                 return
             for c in cmd[1] if cmd[0] == "batch" else [cmd]:
                 if c[0] == "add":
-                    _, rid, prompt, gen, arrival, future = c
+                    _, rid, prompt, gen, arrival = c
+                    with self._pending_lock:
+                        self._pending -= 1
                     try:
                         self.engine.add_request(rid, prompt, gen, arrival_time=arrival)
-                    except Exception as e:  # noqa: BLE001 - handed to the caller
-                        future.set_exception(e)
-                    else:
-                        future.set_result(rid)
+                    except Exception as e:  # noqa: BLE001 - e.g. the queue filled meanwhile: ends that stream
+                        self._deliver(e, rid)
                 else:
                     self.engine.abort_request(c[1])
 

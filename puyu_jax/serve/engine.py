@@ -101,19 +101,11 @@ class LLMEngine:
 
     # ------------------------------------------------------------------ requests
 
-    def add_request(self, request_id: str | None, prompt: str | Seq[int], gen: GenerationConfig = GenerationConfig(),
-                    arrival_time: float | None = None, *, score_from: int | None = None) -> str:
-        """Queues a request. Raises PromptTooLongError, QueueFullError or ValueError.
-
-        With `gen.prompt_logprobs` set, the prompt is scored as it is prefilled (batched with
-        other work by the scheduler): `RequestOutput.prompt_logprobs` (the API's form) and
-        `prompt_scores` (arrays). `score_from` > 0 scores only the prompt tokens after that
-        position (e.g. an evaluation's continuation) and lets the prefix cache serve the rest;
-        it then fills `prompt_scores` only.
-        """
-        request_id = request_id or uuid.uuid4().hex
-        if request_id in self.groups:
-            raise ValueError(f"request id {request_id!r} is already in use")
+    def validate_request(self, prompt: str | Seq[int], gen: GenerationConfig = GenerationConfig()) -> list[int]:
+        """The checks of `add_request` that read no scheduler state, so any thread may run them
+        (the server does, before the request reaches the engine's loop): the prompt's token ids.
+        Raises PromptTooLongError or ValueError (a bad constraint included: its grammar is
+        compiled, and cached, here)."""
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ValueError("this engine has no tokenizer: pass token ids")
@@ -137,6 +129,24 @@ class LLMEngine:
             raise PromptTooLongError(
                 f"prompt + max_tokens = {total} tokens needs more KV blocks than the pool holds "
                 f"({self.blocks.num_blocks - 1} x {self.config.block_size})", "max_tokens")
+        if gen.guide is not None and gen.max_new_tokens:
+            self.guides.compile(*gen.guide)
+        return prompt_ids
+
+    def add_request(self, request_id: str | None, prompt: str | Seq[int], gen: GenerationConfig = GenerationConfig(),
+                    arrival_time: float | None = None, *, score_from: int | None = None) -> str:
+        """Queues a request. Raises PromptTooLongError, QueueFullError or ValueError.
+
+        With `gen.prompt_logprobs` set, the prompt is scored as it is prefilled (batched with
+        other work by the scheduler): `RequestOutput.prompt_logprobs` (the API's form) and
+        `prompt_scores` (arrays). `score_from` > 0 scores only the prompt tokens after that
+        position (e.g. an evaluation's continuation) and lets the prefix cache serve the rest;
+        it then fills `prompt_scores` only.
+        """
+        request_id = request_id or uuid.uuid4().hex
+        if request_id in self.groups:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        prompt_ids = self.validate_request(prompt, gen)
         if len(self.scheduler.waiting) >= self.config.max_waiting:
             raise QueueFullError(f"{len(self.scheduler.waiting)} requests are waiting; try again later")
         guide = self.guides.guide(gen) if gen.guide is not None and gen.max_new_tokens else None  # ValueError if bad

@@ -20,10 +20,11 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from puyu_jax.kernels.paged_attention import dequantize_kv, paged_attention, quantize_kv
+from puyu_jax.kernels.paged_attention import paged_attention
 from puyu_jax.kernels.target import kernel_backend
 from puyu_jax.models.config import ModelConfig
 from puyu_jax.models.transformer import attention
+from puyu_jax.quant.kv import dequantize_kv, quantize_kv
 
 Array = jax.Array
 
@@ -105,7 +106,7 @@ class PagedBatch:
 
 
 class _LayerView:
-    """The model's handle on one layer of the pool (see `ExternalCache`)."""
+    """The model's handle on one layer of the pool (a `models.transformer.LayerCache`)."""
 
     def __init__(self, cache: PagedBatch, index: int):
         self.cache = cache

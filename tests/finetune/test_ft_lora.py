@@ -92,3 +92,38 @@ def test_full_finetune_starts_from_given_params():
     tr = Trainer.create(cfg, jax.devices()[:1])
     state = tr.init_state(params=params)
     np.testing.assert_array_equal(np.asarray(state["params"]["embed/embedding"]), np.asarray(params["embed/embedding"]))
+
+
+def test_qlora_with_dropout_under_scan_layers_matches_the_unrolled_model():
+    """Per-module dropout keys live in the model's state, so a scanned QLoRA model (one layer
+    body for every layer) draws the same masks and gives the same loss and gradients."""
+    from puyu_jax.train.step import REMAT_POLICIES, token_loss
+
+    cfg = _cfg(**{"model.num_layers": 3}).model
+    lc = dataclasses.replace(LC, dropout=0.3)
+    base = to_flat(init_model(cfg, 0))
+    batch = {k: jnp.asarray(v) for k, v in _batch().items()}
+    out = {}
+    for scan in (False, True):
+        c = cfg.replace(scan_layers=scan)
+        adapter = LoRAAdapter(c, lc, base, quantized=True)
+        graphdef, template = nnx.split(adapter.abstract_model(c), nnx.Param)
+        trainable = {k: v + 0.01 * (i + 1) for i, (k, v) in enumerate(sorted(adapter.init(0).items()))}
+
+        def loss(p):
+            model = adapter.bind(graphdef, template, adapter.frozen, p, jax.random.key(3))
+            s, _, n = token_loss(model, batch, 0.0, REMAT_POLICIES["none"])
+            return s / n
+
+        out[scan] = jax.jit(jax.value_and_grad(loss))(trainable)
+    (lu, gu), (ls, gs) = out[False], out[True]
+    np.testing.assert_allclose(ls, lu, rtol=1e-6)
+    for k in gu:
+        np.testing.assert_allclose(gs[k], gu[k], rtol=1e-5, atol=1e-7, err_msg=k)
+    # dropout is on: another key draws other masks, so another loss
+    adapter = LoRAAdapter(cfg, lc, base, quantized=True)
+    graphdef, template = nnx.split(adapter.abstract_model(cfg), nnx.Param)
+    trainable = {k: v + 0.01 * (i + 1) for i, (k, v) in enumerate(sorted(adapter.init(0).items()))}
+    s, _, n = token_loss(adapter.bind(graphdef, template, adapter.frozen, trainable, jax.random.key(4)), batch, 0.0,
+                         REMAT_POLICIES["none"])
+    assert abs(float(s / n) - float(lu)) > 1e-4

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from puyu_jax.kernels import dequantize_kv, paged_attention, paged_attention_reference, quantize_kv
+from puyu_jax.kernels import paged_attention, paged_attention_reference
+from puyu_jax.quant.kv import dequantize_kv, quantize_kv
 
 
 def _case(seed, *, b, kv_heads, group, head_dim, block_size, max_blocks, lengths, n_pages=None,

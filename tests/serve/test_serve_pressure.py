@@ -89,6 +89,52 @@ def test_serve_a_queued_stream_gets_headers_and_pings_before_its_first_token():
         assert lines[-1][1] == "data: [DONE]"
 
 
+def test_serve_headers_do_not_wait_for_a_long_engine_step():
+    """A step that takes seconds (a compile, on a CPU) holds no client's headers: a request is
+    checked and its stream opened before the engine's loop takes it. A request the loop then
+    refuses still ends its stream with an error event and [DONE]."""
+    engine = AsyncEngine(tiny_engine())
+    slow = threading.Event()
+    step = engine.engine.step
+
+    def slow_step():
+        if slow.is_set():
+            time.sleep(4.0)
+        return step()
+
+    engine.engine.step = slow_step
+    with started(engine), served(engine, sse_ping_s=0.5) as (url, _):
+        body = {"model": MODEL, "prompt": "the sea", "max_tokens": 3, "stream": True}
+        assert httpx.post(url + COMPLETIONS, json={**body, "stream": False}, timeout=120).status_code == 200
+        slow.set()
+        busy = threading.Thread(target=lambda: httpx.post(url + COMPLETIONS, json={**body, "stream": False},
+                                                          timeout=120))
+        busy.start()
+        time.sleep(0.5)  # the loop is now inside a 4 s step
+        t0 = time.perf_counter()
+        with httpx.stream("POST", url + COMPLETIONS, json=body, timeout=120) as r:
+            headers_s = time.perf_counter() - t0
+            assert r.status_code == 200
+            lines = [line for line in r.iter_lines() if line.startswith("data:")]
+        busy.join()
+        assert headers_s < 2.0, f"the headers waited {headers_s:.1f} s for the engine's step"
+        assert lines[-1] == "data: [DONE]" and any('"text"' in line for line in lines)
+        # refused by the loop, after the headers (the checks on the caller's side let it through)
+        slow.clear()
+        add = engine.engine.add_request
+
+        def refusing_add(rid, *a, **k):
+            raise ValueError("refused by the engine's loop")
+
+        engine.engine.add_request = refusing_add
+        with httpx.stream("POST", url + COMPLETIONS, json=body, timeout=120) as r:
+            assert r.status_code == 200
+            lines = [line for line in r.iter_lines() if line.startswith("data:")]
+        engine.engine.add_request = add
+        assert "refused by the engine" in lines[-2] and lines[-1] == "data: [DONE]", lines
+        assert httpx.post(url + COMPLETIONS, json={**body, "stream": False}, timeout=120).status_code == 200
+
+
 def _serve_with_lifespan(app):
     """Like tests/http_server.serving, with the app's lifespan (its background warm-up) on."""
     import uvicorn

@@ -57,7 +57,8 @@ def _attention_rows(args, on_cpu):
     import jax.numpy as jnp
     import numpy as np
 
-    from puyu_jax.kernels import paged_attention, quantize_kv
+    from puyu_jax.kernels import paged_attention
+    from puyu_jax.quant.kv import quantize_kv
 
     float_dtype = jnp.float32 if on_cpu else jnp.bfloat16
     max_kv = args.max_kv_mb if args.max_kv_mb is not None else (512 if on_cpu else float("inf"))
