@@ -43,9 +43,10 @@ class AgentState:
 def init_state(question: str, tools: Sequence[Tool], protocol: str | Protocol = "react",
                system: str | None = None, example: bool = False) -> AgentState:
     """The state before the first turn: the protocol's system turn(s), with `example` a worked example
-    of a tool call (earlier turns), and the question."""
+    of a tool call (earlier turns; the one nearest the question, see `protocols.nearest_example`), and
+    the question."""
     proto = get_protocol(protocol)
-    messages = proto.system_messages(tools, system) + (proto.example_messages(tools) if example else [])
+    messages = proto.system_messages(tools, system) + (proto.example_messages(tools, question=question) if example else [])
     messages += [{"role": "user", "content": question}]
     return AgentState(messages=tuple(messages))
 

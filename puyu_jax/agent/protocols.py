@@ -35,7 +35,7 @@ from puyu_jax.agent.types import Act, Final, LLMReply, Malformed, Parsed, ToolCa
 from puyu_jax.serve.guided import json_schema_tag, tool_call_tag
 
 __all__ = ["Protocol", "ReAct", "InternLM2", "OpenAITools", "PROTOCOLS", "get_protocol", "truncate_at", "Example",
-           "EXAMPLES"]
+           "EXAMPLES", "nearest_example"]
 
 
 def truncate_at(text: str, stops: Sequence[str]) -> str:
@@ -85,14 +85,50 @@ class Example:
     answer: str
 
 
-#: Generic worked examples, one per built-in tool that can answer a question; `example_messages` shows
-#: the first whose tool the agent has.
+#: Worked examples: `example_messages` shows the one whose question is nearest the user's (BM25) among
+#: those whose tool the agent has. Each `observation` is what the real tool prints (tests/agent checks).
 EXAMPLES: tuple[Example, ...] = (
     Example("How many seconds are there in 3 hours?", "I will compute it with Python.", "python",
             {"code": "print(3 * 60 * 60)"}, "10800", "10800"),
     Example("How many minutes are there in a week?", "I will compute it with the calculator.", "calculator",
             {"expression": "7 * 24 * 60"}, "10080", "10080"),
+    Example("What is the sum of the squares of the integers from 1 to 20?", "I will compute it with Python.",
+            "python", {"code": "print(sum(n * n for n in range(1, 21)))"}, "2870", "2870"),
+    Example("How many prime numbers are there below 100?", "I will count them with Python.", "python",
+            {"code": "print(sum(all(n % d for d in range(2, n)) for n in range(2, 100)))"}, "25", "25"),
+    Example("1000 dollars earn 5% interest a year, compounded yearly. What are they worth after 3 years?",
+            "I will compute it with Python.", "python", {"code": "print(round(1000 * 1.05 ** 3, 2))"},
+            "1157.63", "1157.63"),
 )
+
+
+#: Words every tool question shares, not a topic: left out of the example retrieval with the stop words.
+_QUESTION_WORDS = ["what", "how", "many", "much", "which", "compute", "calculate", "use", "using", "tool", "python",
+                   "calculator", "answer", "number", "result"]
+
+
+def nearest_example(question: str | None, examples: Sequence[Example]) -> Example | None:
+    """The example whose question is nearest `question` by BM25 (bm25s; English stop words and
+    generic question words removed), as OpenCompass's BM25 retriever picks in-context examples;
+    the first when nothing matches or no question is given."""
+    if not examples:
+        return None
+    if not question:
+        return examples[0]
+    import logging
+
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # its index-building notes are not the user's business
+    stop = list(bm25s.stopwords.STOPWORDS_EN) + _QUESTION_WORDS
+    index = bm25s.BM25()
+    index.index(bm25s.tokenize([e.question for e in examples], stopwords=stop, show_progress=False), show_progress=False)
+    query = bm25s.tokenize([question], stopwords=stop, show_progress=False)
+    if not query.vocab:
+        return examples[0]
+    docs, scores = index.retrieve(query, k=len(examples), show_progress=False)
+    best, score = int(docs[0, 0]), float(scores[0, 0])
+    return examples[best] if score > 0 else examples[0]
 
 
 @dataclass(frozen=True)
@@ -129,11 +165,13 @@ class Protocol:
         """A final answer, written as the model should write it."""
         raise TypeError(f"{type(self).__name__} must define answer_reply()")
 
-    def example_messages(self, tools: Sequence[Tool], examples: Sequence[Example] = EXAMPLES) -> list[dict]:
+    def example_messages(self, tools: Sequence[Tool], examples: Sequence[Example] = EXAMPLES,
+                         question: str | None = None) -> list[dict]:
         """A worked example as earlier turns (question, call, observation, answer), in this protocol's
-        own messages: the first of `examples` whose tool is among `tools`; [] when none is."""
+        own messages: of `examples` whose tool is among `tools`, the one nearest `question`
+        (`nearest_example`; the first without a question); [] when none has such a tool."""
         names = {t.spec.name for t in tools}
-        ex = next((e for e in examples if e.tool in names), None)
+        ex = nearest_example(question, [e for e in examples if e.tool in names])
         if ex is None:
             return []
         call = ToolCall(ex.tool, dict(ex.arguments), "call_example")

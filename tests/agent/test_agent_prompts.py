@@ -49,8 +49,10 @@ def test_internlm2_system_turns_spell_out_the_markup():
 
 @pytest.mark.parametrize("protocol", ["react", "internlm2", "openai"])
 def test_example_turns_parse_back_into_the_call_and_the_answer(protocol):
+    from puyu_jax.agent.protocols import nearest_example
+
     proto = get_protocol(protocol)
-    ex = EXAMPLES[0]
+    ex = nearest_example("What is 2 + 2?", EXAMPLES)
     state = init_state("What is 2 + 2?", TOOLS, proto, example=True)
     msgs = list(state.messages)
     n_sys = len(proto.system_messages(TOOLS))
@@ -84,8 +86,10 @@ def _accepts(guides, tag: str, text: str) -> bool:
 def test_grammars_accept_the_example_and_the_last_turn_only_answers(protocol):
     tok = smollm2_tokenizer()
     guides = Guides.for_tokenizer(tok, tok.vocab_size, tok.eos_ids)
+    from puyu_jax.agent.protocols import nearest_example
+
     proto = get_protocol(protocol)
-    ex = EXAMPLES[0]
+    ex = nearest_example("What is 2 + 2?", EXAMPLES)
     call_text = proto.call_reply(ex.thought, _call(ex)).text
     answer_text = proto.answer_reply("", ex.answer).text
     if protocol == "internlm2":
@@ -124,3 +128,18 @@ def test_first_turn_calls_and_last_turn_answers():
     llm = _Constrained([call])  # one turn with a required call: the call wins
     run("What is 6 * 7?", llm, TOOLS, proto, max_turns=1, require_tool=True)
     assert llm.constraints == [proto.action_format(TOOLS, required=True)]
+
+
+def test_the_worked_example_is_the_one_nearest_the_question():
+    from puyu_jax.agent.protocols import nearest_example
+
+    python_examples = [e for e in EXAMPLES if e.tool == "python"]
+    assert "interest" in nearest_example("How much are 500 dollars worth after 2 years at 3% interest?",
+                                         python_examples).question
+    assert "prime" in nearest_example("How many primes are there below 50?", python_examples).question
+    assert nearest_example(None, python_examples) is python_examples[0]
+    assert nearest_example("the of", python_examples) is python_examples[0]  # nothing left to match
+    assert nearest_example("anything", []) is None
+    # only examples whose tool the agent has are shown
+    msgs = ReAct().example_messages(load_tools("calculator"), question="How many primes are there below 50?")
+    assert msgs[0]["content"] == "How many minutes are there in a week?"
