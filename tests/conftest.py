@@ -7,9 +7,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Test processes (xdist workers, CLI and server subprocesses) compile many of the same
-# programs; a persistent cache lets later ones load them instead.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(os.path.dirname(__file__)), ".jax_cache"))
+# Test processes (CLI and server subprocesses) compile many of the same programs; a persistent
+# cache lets later ones load them instead. One cache per xdist worker (its subprocesses inherit
+# it): two workers writing and reading the same entry at once could hand one a torn file.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    os.path.dirname(os.path.dirname(__file__)), ".jax_cache", os.environ.get("PYTEST_XDIST_WORKER", "main")))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import pathlib  # noqa: E402
