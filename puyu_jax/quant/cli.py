@@ -224,7 +224,7 @@ def add_parser(sub) -> None:
                          "(int8: round-to-nearest, --group-size 0 = per channel); "
                          "native: a GGUF's Q4_0 / Q4_1 / Q8_0 tensors as they are")
     _common_quant_args(pp)
-    pp.add_argument("--kv", choices=("none", "auto", "int8"), default="none",
+    pp.add_argument("--kv", choices=("none", "auto", "int8", "int4"), default="none",
                     help="score through the serving engine's paged KV cache in this dtype (default: plain forward)")
     pp.add_argument("--text", action="append",
                     help="a UTF-8 text file to score (repeat for several texts, each scored by the same model)")

@@ -1,7 +1,17 @@
-"""The int8 KV-cache format: symmetric int8 per token and head, one float32 scale each.
+"""The quantized KV-cache formats (`EngineConfig.kv_dtype`), one scale per token and head.
 
-The serving engine writes K/V pages in this format (`EngineConfig.kv_cache_dtype="int8"`);
-the paged-attention kernels and their twin read it (`k_scale` / `v_scale` beside the pages).
+* ``int8``: symmetric int8, `value = q * scale`, q in -127..127 (LMDeploy's `quant_policy=8`).
+* ``int4``: asymmetric 4-bit, `value = c * scale + zero`, c in 0..15 (LMDeploy's
+  `quant_policy=4`: per token and head, with a zero point: 15 levels on a symmetric range would
+  lose one and waste half the range on skewed rows). In a page of s tokens the codes are packed
+  two a byte *across tokens*: row r (of s / 2) holds token r in its low nibbles and token
+  r + s / 2 in its high ones, every byte of the head dim. A page is then `[s / 2, e]` bytes, as
+  wide as the head dim (a TPU reads it in place: a `[s, e / 2]` layout would be relaid out to
+  128 lanes, copying the pool each call), and a kernel unpacks it with one mask and one shift
+  into the page's first and second half of tokens.
+
+The serving engine writes K/V pages in these formats (`serve/kv_cache.py`); the paged-attention
+kernels and their twin read them (`k_scale` / `v_scale`, and `k_zero` / `v_zero` for int4).
 """
 
 from __future__ import annotations
@@ -9,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["quantize_kv", "dequantize_kv"]
+__all__ = ["quantize_kv", "dequantize_kv", "quantize_kv4", "dequantize_kv4", "pack_pages4", "unpack_pages4"]
 
 
 def quantize_kv(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -32,3 +42,39 @@ def quantize_kv(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 def dequantize_kv(x_int8: jax.Array, scale: jax.Array, dtype=jnp.float32) -> jax.Array:
     """`[..., e]` int8 and `[...]` scale -> `[..., e]` in `dtype` (int8 * scale)."""
     return (x_int8.astype(jnp.float32) * scale[..., None].astype(jnp.float32)).astype(dtype)
+
+
+def quantize_kv4(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Asymmetric per-token-per-head 4-bit quantization over the last axis.
+
+    Returns:
+      (`[..., e]` uint8 codes in 0..15 (unpacked: `pack_pages4` packs a page), `[...]` float32
+      scale = (max - min) / 15, `[...]` float32 zero = min); constant rows get scale 1 and
+      dequantize exactly.
+    """
+    xf = x.astype(jnp.float32)
+    lo, hi = jnp.min(xf, axis=-1), jnp.max(xf, axis=-1)
+    scale = jnp.where(hi > lo, (hi - lo) / 15.0, 1.0).astype(jnp.float32)
+    codes = jnp.clip(jnp.round((xf - lo[..., None]) / scale[..., None]), 0, 15).astype(jnp.uint8)
+    return codes, scale, lo.astype(jnp.float32)
+
+
+def dequantize_kv4(codes: jax.Array, scale: jax.Array, zero: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """`[..., e]` codes (unpacked), `[...]` scale and zero -> `[..., e]` in `dtype`."""
+    return (codes.astype(jnp.float32) * scale[..., None].astype(jnp.float32)
+            + zero[..., None].astype(jnp.float32)).astype(dtype)
+
+
+def pack_pages4(codes: jax.Array) -> jax.Array:
+    """`[..., s, e]` codes of whole pages -> `[..., s / 2, e]` bytes (row r: token r low, r + s/2 high)."""
+    s = codes.shape[-2]
+    if s % 2:
+        raise ValueError(f"int4 KV needs an even block size, got {s}")
+    c = codes.astype(jnp.uint8)
+    return c[..., : s // 2, :] | (c[..., s // 2:, :] << 4)
+
+
+def unpack_pages4(packed: jax.Array, dtype=jnp.uint8) -> jax.Array:
+    """Inverse of `pack_pages4`: `[..., s / 2, e]` bytes -> `[..., s, e]` codes in `dtype`."""
+    b = packed.astype(jnp.int32)
+    return jnp.concatenate([b & 15, b >> 4], axis=-2).astype(dtype)

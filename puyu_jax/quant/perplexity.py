@@ -23,10 +23,10 @@ import numpy as np
 from flax import nnx
 
 from puyu_jax.models.logprobs import token_logprobs
+from puyu_jax.serve.config import KV_DTYPES
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 HELDOUT_FILE = ASSETS / "heldout_wiki.txt"
-KV_DTYPES = ("auto", "int8")
 
 
 @dataclass

@@ -20,6 +20,7 @@ import sys
 import threading
 
 from puyu_jax.serve.api.config import ServeConfig
+from puyu_jax.serve.config import KV_DTYPES
 
 __all__ = ["add_parser", "build_server", "run_server", "ServeConfig"]
 
@@ -182,7 +183,7 @@ def add_parser(sub) -> None:
     p.add_argument("--quant", choices=("none", "int4", "native"),
                    help="weight quantization: int4 on load, or native: a GGUF's Q4_0/Q4_1/Q8_0 tensors as they are "
                         "(the default for such a GGUF)")
-    p.add_argument("--kv", choices=("auto", "int8"), help="KV-cache dtype")
+    p.add_argument("--kv", choices=KV_DTYPES, help="KV-cache dtype (int8 / int4: per-token, per-head scales)")
     p.add_argument("--tp", type=int, help="tensor-parallel degree")
     p.add_argument("--max-num-seqs", type=int, help="sequences decoded together")
     p.add_argument("--max-model-len", type=int, help="context limit (default: the model's)")

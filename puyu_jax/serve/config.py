@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+KV_DTYPES = ("auto", "int8", "int4")  # EngineConfig.kv_dtype; the formats are puyu_jax.quant.kv
+
 MAX_TOP_LOGPROBS = 20
 INT32_MAX = 2**31 - 1  # token ids, lengths and top-k travel in int32 arrays
 # constrained decoding (puyu_jax.serve.guided): at most one of these per request
@@ -133,7 +135,8 @@ class EngineConfig:
     max_num_batched_tokens: prompt tokens prefilled per step (longer prompts are chunked).
     max_model_len: context limit (0: the model's max_position_embeddings).
     max_waiting: queued requests before `QueueFullError`.
-    kv_dtype: "auto" (the model dtype) or "int8" (per-token, per-head scales).
+    kv_dtype: "auto" (the model dtype), "int8" (symmetric, per-token, per-head scales) or "int4"
+    (asymmetric: per-token, per-head scale and zero point; `puyu_jax.quant.kv`).
     quant: "none", "int4" (weights quantized on load with `quant_method` unless
     the checkpoint is already quantized) or "native" (a GGUF's Q4_0 / Q4_1 / Q8_0 tensors
     kept as they are, see `puyu_jax.quant.gguf`). tp: tensor-parallel degree (devices on a
@@ -166,7 +169,7 @@ class EngineConfig:
             ("max_num_seqs", self.max_num_seqs >= 1, "must be >= 1"),
             ("max_num_batched_tokens", self.max_num_batched_tokens >= self.block_size, "must be >= block_size"),
             ("max_waiting", self.max_waiting >= 1, "must be >= 1"),
-            ("kv_dtype", self.kv_dtype in ("auto", "int8"), "must be 'auto' or 'int8'"),
+            ("kv_dtype", self.kv_dtype in KV_DTYPES, "must be 'auto', 'int8' or 'int4'"),
             ("quant", self.quant in ("none", "int4", "native"), "must be 'none', 'int4' or 'native'"),
             ("quant_method", self.quant_method in ("rtn", "awq"), "must be 'rtn' or 'awq'"),
             ("tp", self.tp >= 1, "must be >= 1"),

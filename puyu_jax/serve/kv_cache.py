@@ -3,7 +3,9 @@
 Layout (per layer): k, v [k, n_blocks, block_size, e] (kv heads first, so tensor
 parallelism shards the pool on its leading axis). With int8 KV the pages hold int8
 and `k_scale`, `v_scale` [k, n_blocks, block_size] float32 hold one symmetric scale per
-token and head. Block 0 is the null block: padded tokens write there, and no sequence
+token and head; with int4 KV the pages are [k, n_blocks, block_size / 2, e] uint8 (two
+tokens' codes a byte) and `k_zero`, `v_zero` hold a zero point per token and head beside the
+scales (the formats: `puyu_jax.quant.kv`). Block 0 is the null block: padded tokens write there, and no sequence
 ever owns it.
 
 A token at position p of a sequence lives at page block_table[p // block_size], slot
@@ -24,7 +26,7 @@ from puyu_jax.kernels.paged_attention import paged_attention
 from puyu_jax.kernels.target import kernel_backend
 from puyu_jax.models.config import ModelConfig
 from puyu_jax.models.transformer import attention
-from puyu_jax.quant.kv import dequantize_kv, quantize_kv
+from puyu_jax.quant.kv import dequantize_kv, dequantize_kv4, quantize_kv, quantize_kv4, unpack_pages4
 
 Array = jax.Array
 
@@ -35,6 +37,8 @@ class PagedKVCache:
     v: list[Array]
     k_scale: list[Array] | None = None
     v_scale: list[Array] | None = None
+    k_zero: list[Array] | None = None  # int4 only
+    v_zero: list[Array] | None = None
 
     @property
     def num_blocks(self) -> int:
@@ -42,11 +46,20 @@ class PagedKVCache:
 
     @property
     def block_size(self) -> int:
-        return self.k[0].shape[2]
+        return self.k[0].shape[2] * (2 if self.k_zero is not None else 1)  # int4: two tokens a row
 
     @property
     def quantized(self) -> bool:
         return self.k_scale is not None
+
+    def layer_meta(self, i: int) -> dict:
+        """Keyword arguments of one layer's scales / zero points for the attention kernels."""
+        if not self.quantized:
+            return {}
+        meta = {"k_scale": self.k_scale[i], "v_scale": self.v_scale[i]}
+        if self.k_zero is not None:
+            meta.update(k_zero=self.k_zero[i], v_zero=self.v_zero[i])
+        return meta
 
     def nbytes(self) -> int:
         return sum(x.nbytes for x in jax.tree.leaves(self))
@@ -57,6 +70,8 @@ def kv_bytes_per_block(cfg: ModelConfig, block_size: int, kv_dtype: str) -> int:
     per_token = cfg.num_kv_heads * cfg.dim_per_head
     if kv_dtype == "int8":
         elem = per_token + cfg.num_kv_heads * 4
+    elif kv_dtype == "int4":
+        elem = per_token // 2 + cfg.num_kv_heads * 8
     else:
         elem = per_token * jnp.dtype(cfg.dtype).itemsize
     return 2 * cfg.num_layers * block_size * elem
@@ -65,7 +80,13 @@ def kv_bytes_per_block(cfg: ModelConfig, block_size: int, kv_dtype: str) -> int:
 def init_paged_cache(cfg: ModelConfig, num_blocks: int, block_size: int, kv_dtype: str = "auto", sharding=None) -> PagedKVCache:
     """An empty pool of `num_blocks` blocks (block 0 included) for every layer."""
     shape = (cfg.num_kv_heads, num_blocks, block_size, cfg.dim_per_head)
-    dtype = jnp.int8 if kv_dtype == "int8" else jnp.dtype(cfg.dtype)
+    dtype = jnp.dtype(cfg.dtype)
+    if kv_dtype == "int8":
+        dtype = jnp.int8
+    elif kv_dtype == "int4":
+        if block_size % 2:
+            raise ValueError(f"kv_dtype=int4 needs an even block_size, got {block_size}")
+        shape, dtype = (cfg.num_kv_heads, num_blocks, block_size // 2, cfg.dim_per_head), jnp.uint8
 
     def zeros(shape, dtype, spec_dims):
         if sharding is None:
@@ -74,11 +95,13 @@ def init_paged_cache(cfg: ModelConfig, num_blocks: int, block_size: int, kv_dtyp
 
     k = [zeros(shape, dtype, 4) for _ in range(cfg.num_layers)]
     v = [zeros(shape, dtype, 4) for _ in range(cfg.num_layers)]
-    if kv_dtype != "int8":
+    if kv_dtype not in ("int8", "int4"):
         return PagedKVCache(k, v)
-    ks = [zeros(shape[:3], jnp.float32, 3) for _ in range(cfg.num_layers)]
-    vs = [zeros(shape[:3], jnp.float32, 3) for _ in range(cfg.num_layers)]
-    return PagedKVCache(k, v, ks, vs)
+    meta = lambda: [zeros((cfg.num_kv_heads, num_blocks, block_size), jnp.float32, 3)  # noqa: E731
+                    for _ in range(cfg.num_layers)]
+    if kv_dtype == "int8":
+        return PagedKVCache(k, v, meta(), meta())
+    return PagedKVCache(k, v, meta(), meta(), meta(), meta())
 
 
 @flax.struct.dataclass
@@ -115,24 +138,20 @@ class _LayerView:
     def attend(self, q: Array, k: Array, v: Array, scale: float) -> tuple[Array, "_LayerView"]:
         batch, i = self.cache, self.index
         kv = batch.kv
-        pages_k, pages_v = kv.k[i], kv.v[i]
-        scale_k = kv.k_scale[i] if kv.quantized else None
-        scale_v = kv.v_scale[i] if kv.quantized else None
-        pages_k, scale_k = _write(pages_k, scale_k, k, batch.slots)
-        pages_v, scale_v = _write(pages_v, scale_v, v, batch.slots)
+        meta = kv.layer_meta(i)
+        pages_k, mk = _write(kv.k[i], {n[2:]: x for n, x in meta.items() if n[0] == "k"}, k, batch.slots)
+        pages_v, mv = _write(kv.v[i], {n[2:]: x for n, x in meta.items() if n[0] == "v"}, v, batch.slots)
+        meta = {**{"k_" + n: x for n, x in mk.items()}, **{"v_" + n: x for n, x in mv.items()}}
         if q.shape[1] == 1:
-            out = _decode_attention(batch, q[:, 0], pages_k, pages_v, scale_k, scale_v, scale)[:, None]
+            out = _decode_attention(batch, q[:, 0], pages_k, pages_v, meta, scale)[:, None]
         else:
-            out = _prefill_attention(q, k, v, pages_k, pages_v, scale_k, scale_v, batch, scale)
-        kv = kv.replace(
-            k=_set(kv.k, i, pages_k), v=_set(kv.v, i, pages_v),
-            k_scale=_set(kv.k_scale, i, scale_k) if kv.quantized else None,
-            v_scale=_set(kv.v_scale, i, scale_v) if kv.quantized else None,
-        )
+            out = _prefill_attention(q, k, v, pages_k, pages_v, meta, batch, scale)
+        kv = kv.replace(k=_set(kv.k, i, pages_k), v=_set(kv.v, i, pages_v),
+                        **{name: _set(getattr(kv, name), i, x) for name, x in meta.items()})
         return out.astype(q.dtype), _LayerView(batch.replace(kv=kv), i)
 
 
-def _decode_attention(batch: PagedBatch, q, pages_k, pages_v, scale_k, scale_v, scale: float) -> Array:
+def _decode_attention(batch: PagedBatch, q, pages_k, pages_v, meta: dict, scale: float) -> Array:
     """Paged decode attention; under tensor parallelism a Pallas kernel runs per device on its
     kv heads inside shard_map (XLA cannot partition a custom kernel by itself)."""
     impl = batch.attention_impl
@@ -142,15 +161,15 @@ def _decode_attention(batch: PagedBatch, q, pages_k, pages_v, scale_k, scale_v, 
     mesh = batch.mesh
     kv_heads = pages_k.shape[0]
     if mesh is None or impl == "reference" or kv_heads % mesh.shape["tensor"]:
-        return fn(q, pages_k, pages_v, batch.lengths, batch.block_tables, k_scale=scale_k, v_scale=scale_v)
+        return fn(q, pages_k, pages_v, batch.lengths, batch.block_tables, **meta)
     heads, pool, rep = P(None, "tensor"), P("tensor"), P()
-    if scale_k is None:
-        body = lambda q, k, v, lens, tabs: fn(q, k, v, lens, tabs)  # noqa: E731
-        args, specs = (q, pages_k, pages_v, batch.lengths, batch.block_tables), (heads, pool, pool, rep, rep)
-    else:
-        body = lambda q, k, v, lens, tabs, ks, vs: fn(q, k, v, lens, tabs, k_scale=ks, v_scale=vs)  # noqa: E731
-        args = (q, pages_k, pages_v, batch.lengths, batch.block_tables, scale_k, scale_v)
-        specs = (heads, pool, pool, rep, rep, pool, pool)
+    names = tuple(meta)
+
+    def body(q, k, v, lens, tabs, *extra):
+        return fn(q, k, v, lens, tabs, **dict(zip(names, extra)))
+
+    args = (q, pages_k, pages_v, batch.lengths, batch.block_tables, *meta.values())
+    specs = (heads, pool, pool, rep, rep) + (pool,) * len(meta)
     return jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=heads)(*args)
 
 
@@ -160,41 +179,70 @@ def _set(items: list, i: int, value) -> list:
     return items
 
 
-def _write(pages: Array, scales: Array | None, x: Array, slots: Array) -> tuple[Array, Array | None]:
-    """Scatters new keys or values x [b, t, k, e] into pages [k, n, s, e] at flat slots [b, t].
+def _write(pages: Array, meta: dict, x: Array, slots: Array) -> tuple[Array, dict]:
+    """Scatters new keys or values x [b, t, k, e] into pages [k, n, s, e] at flat slots [b, t]
+    (quantized first when the pool is; `meta` holds the pool's "scale" / "zero" arrays).
 
     The scatter indexes (page, slot) of the 4-D pool directly: reshaping the pool to
     [k, n*s, e] around it makes XLA duplicate the update for the two layouts and copy
     the whole pool every step instead of updating it in place.
     """
-    kh, n, s, e = pages.shape
+    kh = pages.shape[0]
+    s = pages.shape[2] * (2 if "zero" in meta else 1)
     flat = slots.reshape(-1)
     page, slot = flat // s, flat % s
-    x = x.reshape(-1, kh, e).transpose(1, 0, 2)  # k, b*t, e
-    if scales is not None:
-        x, sc = quantize_kv(x)
-        scales = scales.at[:, page, slot].set(sc, mode="promise_in_bounds")
+    x = x.reshape(-1, kh, x.shape[-1]).transpose(1, 0, 2)  # k, b*t, e
+    new = {}
+    if "zero" in meta:
+        x, new["scale"], new["zero"] = quantize_kv4(x)
+    elif meta:
+        x, new["scale"] = quantize_kv(x)
+    meta = {name: meta[name].at[:, page, slot].set(val, mode="promise_in_bounds") for name, val in new.items()}
+    if "zero" in meta:
+        return _write_nibbles(pages, x, page, slot), meta
     pages = pages.at[:, page, slot].set(x.astype(pages.dtype), mode="promise_in_bounds")
-    return pages, scales
+    return pages, meta
 
 
-def gather_pages(pages: Array, scales: Array | None, block_tables: Array, dtype) -> Array:
+def _write_nibbles(pages: Array, codes: Array, page: Array, slot: Array) -> Array:
+    """int4 pages [k, n, s/2, e]: token `slot` lives in row slot % (s/2), low nibble for the page's
+    first half of tokens, high for the second. Two read-modify-write passes, low nibbles then high:
+    within a pass no two tokens share a byte, so each pass is one gather and one scatter; tokens of
+    the other half write the null block (block 0), whose contents nothing reads."""
+    half = pages.shape[2]
+    row, high = slot % half, slot >= half
+    codes = codes.astype(jnp.uint8)
+    for upper in (False, True):
+        target = jnp.where(high == upper, page, 0)
+        old = pages[:, target, row]  # k, m, e
+        new = (old & 0x0F) | (codes << 4) if upper else (old & 0xF0) | codes
+        pages = pages.at[:, target, row].set(new, mode="promise_in_bounds")
+    return pages
+
+
+def gather_pages(pages: Array, block_tables: Array, dtype, scale: Array | None = None,
+                 zero: Array | None = None) -> Array:
     """[k, n, s, e] pages -> [b, n_b * s, k, e] keys or values of each row, in position order."""
-    g = pages[:, block_tables]  # k, b, nb, s, e
-    if scales is not None:
-        g = dequantize_kv(g, scales[:, block_tables], dtype)
+    g = pages[:, block_tables]  # k, b, nb, s, e (s / 2 rows of packed bytes for int4)
+    if zero is not None:
+        g = dequantize_kv4(unpack_pages4(g), scale[:, block_tables], zero[:, block_tables], dtype)
+    elif scale is not None:
+        g = dequantize_kv(g, scale[:, block_tables], dtype)
     kh, b, nb, s, e = g.shape
     return g.reshape(kh, b, nb * s, e).transpose(1, 2, 0, 3).astype(dtype)
 
 
-def _prefill_attention(q, k, v, pages_k, pages_v, scale_k, scale_v, batch: PagedBatch, scale: float) -> Array:
+def _prefill_attention(q, k, v, pages_k, pages_v, meta: dict, batch: PagedBatch, scale: float) -> Array:
     """Causal attention of t new tokens per row: over the row's cached prefix (positions
     before its first new token, gathered from the pages in `batch.block_tables`, which for a
     prefill step list only the prefix's blocks; none for a fresh prompt) and over the new
-    keys and values themselves, taken as computed (rounded through int8 when the pool is int8,
-    so they read as the pool will hold them)."""
+    keys and values themselves, taken as computed (rounded through int8 / int4 when the pool is
+    quantized, so they read as the pool will hold them)."""
     b, t = q.shape[:2]
-    if scale_k is not None:
+    if "k_zero" in meta:
+        k = dequantize_kv4(*quantize_kv4(k), q.dtype)
+        v = dequantize_kv4(*quantize_kv4(v), q.dtype)
+    elif meta:
         k = dequantize_kv(*quantize_kv(k), q.dtype)
         v = dequantize_kv(*quantize_kv(v), q.dtype)
     start = batch.positions[:, :1]  # [b, 1] first new position
@@ -205,8 +253,8 @@ def _prefill_attention(q, k, v, pages_k, pages_v, scale_k, scale_v, batch: Paged
         mask &= batch.positions[:, :, None] - batch.positions[:, None, :] < batch.window
     keys, values = k.astype(q.dtype), v.astype(q.dtype)
     if batch.block_tables.shape[1]:
-        prefix_k = gather_pages(pages_k, scale_k, batch.block_tables, q.dtype)
-        prefix_v = gather_pages(pages_v, scale_v, batch.block_tables, q.dtype)
+        prefix_k = gather_pages(pages_k, batch.block_tables, q.dtype, meta.get("k_scale"), meta.get("k_zero"))
+        prefix_v = gather_pages(pages_v, batch.block_tables, q.dtype, meta.get("v_scale"), meta.get("v_zero"))
         j = jnp.arange(prefix_k.shape[1])
         pmask = jnp.broadcast_to(j[None, None, :] < start[:, :, None], (b, t, j.shape[0]))
         if batch.window:

@@ -114,7 +114,7 @@ def pipeline(model, tokenizer=None, *, quant: str | None = None, kv: str | None 
       tokenizer: the tokenizer when `model` is an instance.
       quant: None, "int4" (weight-only, group 128; RTN on load unless already quantized) or
         "native" (a GGUF's Q4_0 / Q4_1 / Q8_0 tensors as they are, no float copy).
-      kv: None or "int8" (KV cache with per-token, per-head scales).
+      kv: None, "int8" or "int4" (KV cache with per-token, per-head scales; int4 with zero points).
       tp: tensor-parallel degree.
       engine_config / engine_kwargs: further `EngineConfig` fields.
     """

@@ -35,22 +35,24 @@ def _nbytes(*structs) -> int:
 
 def _compile_paged(device, page_dtype, window, pages_per_block=16):
     q = _sds((B, H, E), jnp.bfloat16, device)
-    pages = _sds((KH, PAGES, S, E), page_dtype, device)
+    int4 = page_dtype == jnp.uint8
+    pages = _sds((KH, PAGES, S // 2 if int4 else S, E), page_dtype, device)
     lengths, tables = _sds((B,), jnp.int32, device), _sds((B, TABLE), jnp.int32, device)
-    scales = _sds((KH, PAGES, S), jnp.float32, device) if page_dtype == jnp.int8 else None
+    scales = _sds((KH, PAGES, S), jnp.float32, device) if page_dtype != jnp.bfloat16 else None
+    zeros = scales if int4 else None
 
-    def f(q, k, v, lengths, tables, ks, vs):
+    def f(q, k, v, lengths, tables, ks, vs, kz, vz):
         with compile_target("tpu"):
             return paged_attention(q, k, v, lengths, tables, scale=E ** -0.5, k_scale=ks, v_scale=vs,
-                                   window=window, pages_per_block=pages_per_block)
+                                   k_zero=kz, v_zero=vz, window=window, pages_per_block=pages_per_block)
 
-    args = (q, pages, pages, lengths, tables, scales, scales)
+    args = (q, pages, pages, lengths, tables, scales, scales, zeros, zeros)
     return jax.jit(f).lower(*args).compile(), _nbytes(*args)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page_dtype,window", [(jnp.bfloat16, 0), (jnp.int8, 0), (jnp.bfloat16, 1024)],
-                         ids=["bf16", "int8", "bf16-window"])
+@pytest.mark.parametrize("page_dtype,window", [(jnp.bfloat16, 0), (jnp.int8, 0), (jnp.uint8, 0), (jnp.bfloat16, 1024)],
+                         ids=["bf16", "int8", "int4", "bf16-window"])
 def test_paged_attention_compiles_for_tpu(device, page_dtype, window):
     compiled, arg_bytes = _compile_paged(device, page_dtype, window)
     text = compiled.as_text()
@@ -59,9 +61,10 @@ def test_paged_attention_compiles_for_tpu(device, page_dtype, window):
     assert arg_bytes <= mem.argument_size_in_bytes <= arg_bytes + (64 << 10)  # small arrays pad to tiles
     assert mem.output_size_in_bytes == B * H * E * 2
     # Nothing pool-sized besides the arguments: the kernel reads pages in place (no gather of
-    # the pool, no relayout copy of it); int8 adds only the [b, k, table] scales it reads.
-    table_scales = 2 * B * KH * TABLE * S * 4
-    assert mem.temp_size_in_bytes <= (8 * table_scales if page_dtype == jnp.int8 else 1 << 20)
+    # the pool, no relayout copy of it); int8 adds only the [b, k, table] scales it reads (int4:
+    # scales and zero points).
+    table_scales = 2 * B * KH * TABLE * S * 4 * (2 if page_dtype == jnp.uint8 else 1)
+    assert mem.temp_size_in_bytes <= (8 * table_scales if page_dtype != jnp.bfloat16 else 1 << 20)
     cost = compiled.cost_analysis()
     keys = B * KH * TABLE * S
     assert cost["flops"] >= 4 * keys * (H // KH) * E  # the kernel's cost estimate reaches XLA

@@ -1,4 +1,4 @@
-"""Paged decode attention: twin vs dense numpy, kernels (interpret mode) vs twin, int8 pages, sharding."""
+"""Paged decode attention: twin vs dense numpy, kernels (interpret mode) vs twin, int8 / int4 pages, sharding."""
 
 import re
 
@@ -9,7 +9,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from puyu_jax.kernels import paged_attention, paged_attention_reference
-from puyu_jax.quant.kv import dequantize_kv, quantize_kv
+from puyu_jax.quant.kv import dequantize_kv, dequantize_kv4, pack_pages4, quantize_kv, quantize_kv4, unpack_pages4
 
 
 def _case(seed, *, b, kv_heads, group, head_dim, block_size, max_blocks, lengths, n_pages=None,
@@ -114,6 +114,50 @@ def test_int8_pages(lowering):
     _close(twin, paged_attention_reference(q, kp, vp, lengths, tables, scale=scale), 5e-2)
 
 
+@pytest.mark.parametrize("lowering", ["gpu", "tpu"])
+@pytest.mark.parametrize("window", [0, 37])
+def test_int4_pages(lowering, window):
+    """int4 pages (packed codes, scale and zero point per token and head): the kernels unpack in
+    place and fold the zero points in; they match the twin, and the twin matches dense attention
+    over the dequantized pages exactly (to fp32 rounding)."""
+    q, kp, vp, lengths, tables = _case(31, b=3, kv_heads=2, group=4, head_dim=32, block_size=16, max_blocks=6,
+                                       lengths=[90, 5, 0])
+    (kc, ks, kz), (vc, vs, vz) = quantize_kv4(kp + 0.7), quantize_kv4(vp - 0.4)  # skewed rows: zeros matter
+    k4, v4 = pack_pages4(kc), pack_pages4(vc)
+    assert k4.shape == (2, kp.shape[1], 8, 32) and k4.dtype == jnp.uint8
+    scale = 32 ** -0.5
+    meta = {"k_scale": ks, "v_scale": vs, "k_zero": kz, "v_zero": vz}
+    twin = paged_attention_reference(q, k4, v4, lengths, tables, scale=scale, window=window, **meta)
+    got = paged_attention(q, k4, v4, lengths, tables, scale=scale, window=window, impl="pallas", interpret=True,
+                          pages_per_chunk=2, pages_per_block=3, lowering=lowering, **meta)
+    _close(got, twin, 1e-5)
+    kd, vd = dequantize_kv4(kc, ks, kz), dequantize_kv4(vc, vs, vz)
+    _close(twin, _dense_numpy(q, kd, vd, lengths, tables, scale, window), 1e-5)
+    # Against the float pages: within int4 error (a few times int8's).
+    err = np.abs(np.asarray(twin) - np.asarray(paged_attention_reference(q, kp + 0.7, vp - 0.4, lengths, tables,
+                                                                          scale=scale, window=window)))
+    assert 1e-3 < err.max() < 0.5
+    with pytest.raises(ValueError, match="zero"):  # int4 pages without zero points
+        paged_attention(q, k4, v4, lengths, tables, scale=scale, k_scale=ks, v_scale=vs)
+
+
+def test_quantize_kv4_round_trip():
+    rng = np.random.default_rng(41)
+    x = rng.standard_normal((2, 5, 3, 64)).astype(np.float32) * rng.uniform(0.1, 10, (2, 5, 3, 1)) + 3.0
+    x[0, 1, 2] = 1.5  # a constant row must stay exact and finite
+    codes, s, z = quantize_kv4(jnp.asarray(x))
+    assert codes.shape == x.shape and codes.dtype == jnp.uint8 and int(codes.max()) == 15
+    back = np.asarray(dequantize_kv4(codes, s, z, jnp.float32))
+    np.testing.assert_allclose(back[0, 1, 2], 1.5, rtol=0, atol=1e-6)
+    assert np.all(np.abs(back - x) <= np.asarray(s)[..., None] / 2 + 1e-5)
+    # A page of 6 tokens packs into 3 rows: row r = token r (low nibble) | token r + 3 (high).
+    c = np.asarray(codes)[:, :4].reshape(2, 2, 6, 64)
+    packed = pack_pages4(jnp.asarray(c))
+    assert packed.shape == (2, 2, 3, 64)
+    np.testing.assert_array_equal(np.asarray(packed), c[:, :, :3] | (c[:, :, 3:] << 4))
+    np.testing.assert_array_equal(np.asarray(unpack_pages4(packed)), c)
+
+
 def test_quantize_kv_round_trip():
     rng = np.random.default_rng(40)
     x = rng.standard_normal((2, 5, 3, 64)).astype(np.float32) * rng.uniform(0.1, 10, (2, 5, 3, 1))
@@ -160,22 +204,24 @@ def test_shard_map_over_kv_heads():
 
 @pytest.mark.parametrize("platform,lowering,call", [("cuda", "gpu", "__gpu$xla.gpu.triton"),
                                                     ("tpu", "tpu", "tpu_custom_call")])
-@pytest.mark.parametrize("int8", [False, True])
-def test_kernel_lowers_for_accelerators(platform, lowering, call, int8):
+@pytest.mark.parametrize("pages", ["bf16", "int8", "int4"])
+def test_kernel_lowers_for_accelerators(platform, lowering, call, pages):
     """The compiled (non-interpret) kernels lower to a Triton / Mosaic custom call (SmolLM2 heads)."""
     from puyu_jax.kernels.paged_attention import _paged_pallas
 
-    page_dtype = jnp.int8 if int8 else jnp.bfloat16
-    scales = jax.ShapeDtypeStruct((3, 64, 16), jnp.float32) if int8 else None
+    page_dtype = {"bf16": jnp.bfloat16, "int8": jnp.int8, "int4": jnp.uint8}[pages]
+    rows = 8 if pages == "int4" else 16
+    scales = jax.ShapeDtypeStruct((3, 64, 16), jnp.float32) if pages != "bf16" else None
+    zeros = scales if pages == "int4" else None
     fn = jax.jit(lambda *a: _paged_pallas(*a, scale=0.125, window=32, lowering=lowering, interpret=False,
                                           pages_per_chunk=4))
     text = fn.trace(
         jax.ShapeDtypeStruct((4, 9, 64), jnp.bfloat16),
-        jax.ShapeDtypeStruct((3, 64, 16, 64), page_dtype),
-        jax.ShapeDtypeStruct((3, 64, 16, 64), page_dtype),
+        jax.ShapeDtypeStruct((3, 64, rows, 64), page_dtype),
+        jax.ShapeDtypeStruct((3, 64, rows, 64), page_dtype),
         jax.ShapeDtypeStruct((4,), jnp.int32),
         jax.ShapeDtypeStruct((4, 8), jnp.int32),
-        scales, scales,
+        scales, scales, zeros, zeros,
     ).lower(lowering_platforms=(platform,)).as_text()
     assert call in set(re.findall(r"custom_call @([\w$.]+)", text))
 

@@ -138,17 +138,38 @@ def test_penalties_change_greedy_choice_as_defined(model):
     assert out.outputs[0].token_ids[0] == int(np.argmax(row))
 
 
-def test_int8_kv_scores_close_to_float(model):
+def test_quantized_kv_scores_close_to_float(model):
     prompt = _prompts(8, 1)[0] + _prompts(9, 1)[0]
     from puyu_jax.serve.runner import score_logprobs
 
     fp = score_logprobs(model, prompt)
     q8 = score_logprobs(model, prompt, kv_dtype="int8")
+    q4 = score_logprobs(model, prompt, kv_dtype="int4")
     logits, _ = model(jax.numpy.asarray([prompt], dtype=np.int32))
     dense = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits[0, :-1], -1)), np.asarray(prompt[1:])[:, None], -1)[:, 0]
     np.testing.assert_allclose(fp, dense, atol=1e-4)
     np.testing.assert_allclose(q8, fp, atol=0.05)
     assert abs(q8.mean() - fp.mean()) < 0.01 * abs(fp.mean())
+    np.testing.assert_allclose(q4, fp, atol=0.25)
+    assert abs(q4.mean() - fp.mean()) < 0.02 * abs(fp.mean())
+    assert 0 < np.abs(q8 - fp).max() < np.abs(q4 - fp).max()  # 4 bits lose more than 8
+
+
+@pytest.mark.parametrize("kv", ["int8", "int4"])
+def test_quantized_kv_pages_hold_what_prefill_rounded(model, kv):
+    """Decode reads every key and value back from the pages; scoring the same tokens in one prefill
+    uses them rounded in place. Equal log-probs mean the pages hold exactly the rounded values (int4:
+    both nibbles of every byte, written by prompt prefill and by single decode steps), in a pool
+    whose blocks earlier requests left dirty."""
+    from puyu_jax.serve.runner import score_logprobs
+
+    eng = LLMEngine(model, None, EngineConfig(block_size=8, num_blocks=24, kv_dtype=kv))
+    eng.generate(_prompts(13, 4), GenerationConfig(max_new_tokens=10, ignore_eos=True))
+    prompt = _prompts(14, 1, length_seed=1)[0]
+    (out,) = eng.generate([prompt], GenerationConfig(max_new_tokens=12, logprobs=True, ignore_eos=True))
+    c = out.outputs[0]
+    want = score_logprobs(model, prompt + c.token_ids, kv_dtype=kv, block_size=8)[len(prompt) - 1:]
+    np.testing.assert_allclose([item.logprob for item in c.logprobs], want, atol=2e-4)
 
 
 def test_tensor_parallel_serving_matches_one_device():
@@ -189,13 +210,14 @@ def test_bad_requests_are_refused_cleanly(model):
         GenerationConfig(top_p=0.0)
 
 
-def test_tensor_parallel_with_the_pallas_kernel():
+@pytest.mark.parametrize("kv", ["auto", "int4"])
+def test_tensor_parallel_with_the_pallas_kernel(kv):
     """Under TP the Pallas decode kernel runs per device inside shard_map (interpret mode on CPU)."""
     model = init_model(dataclasses.replace(CFG, num_heads=8, num_kv_heads=4, num_layers=1), seed=5)
     prompts = _prompts(12, 2)
     gen = GenerationConfig(max_new_tokens=3, ignore_eos=True)
-    ref = LLMEngine(model, None, EngineConfig(block_size=16, num_blocks=32)).generate(prompts, gen)
-    eng = LLMEngine(model, None, EngineConfig(block_size=16, num_blocks=32, tp=4, attention_impl="pallas"))
+    ref = LLMEngine(model, None, EngineConfig(block_size=16, num_blocks=32, kv_dtype=kv)).generate(prompts, gen)
+    eng = LLMEngine(model, None, EngineConfig(block_size=16, num_blocks=32, tp=4, attention_impl="pallas", kv_dtype=kv))
     outs = eng.generate(prompts, gen)
     assert [o.outputs[0].token_ids for o in outs] == [o.outputs[0].token_ids for o in ref]
 
