@@ -92,8 +92,8 @@ def sharded_quant_matmul(x2: jax.Array, w: QuantWeight, impl: str = "auto") -> j
     """`quant_matmul`, run per device under `jax.shard_map` when the weight lives on a mesh with a
     `tensor` axis (tensor-parallel serving) and the kernel is a Pallas one: XLA cannot partition
     a Mosaic / Triton call by itself. Column-parallel: every device multiplies the (replicated)
-    activations by its N-slice of the weight (each array of a quantized weight is `[.., N]`), the
-    output is N-sharded. Without a mesh, on the reference path, or when the first output
+    activations by its N-slice of the weight (each array of a quantized weight is `[.., N]`; the
+    engine places them so, `quant_weight_shardings`), the output is N-sharded. Without a mesh, on the reference path, or when the first output
     dimension (heads, kv heads, mlp, ...) does not divide over `tensor`, it is `quant_matmul`."""
     mesh, tp = _tensor_axis(w)
     pallas = impl == "pallas" or (impl == "auto" and kernel_backend() != "cpu")
@@ -110,6 +110,19 @@ def sharded_quant_matmul(x2: jax.Array, w: QuantWeight, impl: str = "auto") -> j
     specs = (rep, jax.tree.map(lambda a: cols if a.shape[-1:] == (w.out_features,) else rep, w))
     # check_vma=False: a Pallas call (interpret mode too) does not track varying manual axes
     return jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=cols, check_vma=False)(x2, w)
+
+
+def quant_weight_shardings(w: QuantWeight, mesh) -> QuantWeight:
+    """Where a quantized weight's arrays live under tensor-parallel serving: split over `tensor`
+    along N (their last axis, the output features) exactly as `sharded_quant_matmul` multiplies
+    them, so each device holds 1/tp of the weight; replicated where the first output dimension
+    does not divide (the matmul then runs unsplit too). A pytree of NamedShardings like `w`."""
+    tp = mesh.shape["tensor"]
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    if tp == 1 or w.shape[w.n_in] % tp:
+        return jax.tree.map(lambda a: rep, w)
+    cols = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "tensor"))
+    return jax.tree.map(lambda a: cols if a.shape[-1:] == (w.out_features,) else rep, w)
 
 
 class QuantProj(nnx.Module):

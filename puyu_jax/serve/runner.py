@@ -150,12 +150,15 @@ class Row:
 
 def tp_state_shardings(state: nnx.State, plan: ShardingPlan):
     """NamedShardings of a model state under the serving plan (heads, kv_heads, mlp and vocab
-    over `tensor` where they divide); leaves without logical axes (e.g. int4 weights) stay replicated."""
+    over `tensor` where they divide); quantized weights split along their output features as
+    their matmul reads them (`quant.model.quant_weight_shardings`)."""
     logical = nnx.get_partition_spec(state)
 
     def one(spec, x):
-        if jax.tree.leaves(x) != [x]:  # a structured value (an Int4Weight's arrays): replicated
-            return jax.tree.map(lambda a: plan.replicated, x)
+        if jax.tree.leaves(x) != [x]:  # a structured value: a quantized weight's arrays
+            from puyu_jax.quant.model import quant_weight_shardings
+
+            return quant_weight_shardings(x, plan.mesh)
         names = tuple(spec) if isinstance(spec, P) else ()
         if len(names) != len(x.shape):
             names = (None,) * len(x.shape)

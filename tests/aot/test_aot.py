@@ -162,6 +162,10 @@ def test_int4_serve_compiles_tensor_parallel(tmp_path):
     # the 7 projections each run the Mosaic int4 kernel on the device's half of N (gate / up: 1024 -> 512)
     calls = re.findall(r"%int4_matmul[\w.]* = bf16\[\d+,(\d+)\]", hlo.read_text())
     assert len(calls) == 7 and max(map(int, calls)) == 512
+    # and each device holds only that half: the step's packed weights arrive split (gate / up
+    # u8[256, 1024] -> [256, 512], down [512, 512] -> [512, 256]), not replicated
+    params = set(re.findall(r"u8\[\d+,\d+\]", hlo.read_text().split("ENTRY")[1].split("\n")[0]))
+    assert "u8[256,1024]" not in params and {"u8[256,512]", "u8[512,256]"} <= params
 
 
 def test_does_not_fit_is_an_error_naming_keys(capsys):

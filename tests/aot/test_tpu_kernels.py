@@ -132,14 +132,17 @@ def test_tensor_parallel_int4_projection_matches_one_device():
     from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
     from puyu_jax.quant.int4 import quantize_int4
-    from puyu_jax.quant.model import QuantProj, sharded_quant_matmul
+    from puyu_jax.quant.model import QuantProj, quant_weight_shardings, sharded_quant_matmul
 
     w = quantize_int4(jax.random.normal(jax.random.key(0), (256, 4, 64)), n_in=1)  # q_proj [d, heads, e]
     x = jax.random.normal(jax.random.key(1), (3, 256), jnp.float32)
     want = QuantProj(w, impl="reference")("td,dhe->the", x)
     mesh = jax.make_mesh((2,), ("tensor",), axis_types=(AxisType.Auto,), devices=jax.devices("cpu")[:2])
-    placed = jax.device_put(w, NamedSharding(mesh, P()))
-    got = jax.jit(lambda x, w: QuantProj(w, impl="pallas")("td,dhe->the", x))(x, placed)
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-4)
+    for placed in (jax.device_put(w, NamedSharding(mesh, P())), jax.device_put(w, quant_weight_shardings(w, mesh))):
+        got = jax.jit(lambda x, w: QuantProj(w, impl="pallas")("td,dhe->the", x))(x, placed)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-4)
+    # as the engine places it: each device holds its half of N of every array
+    assert {s.data.shape for s in placed.qweight.addressable_shards} == {(128, 128)}
+    assert {s.data.shape for s in placed.scales.addressable_shards} == {(2, 128)}
     text = jax.jit(lambda x, w: sharded_quant_matmul(x, w, "pallas")).lower(x, placed).as_text()
     assert "shard_map" in text or "sdy.manual_computation" in text
