@@ -5,7 +5,8 @@ parallelism shards the pool on its leading axis). With int8 KV the pages hold in
 and `k_scale`, `v_scale` [k, n_blocks, block_size] float32 hold one symmetric scale per
 token and head; with int4 KV the pages are [k, n_blocks, block_size / 2, e] uint8 (two
 tokens' codes a byte) and `k_zero`, `v_zero` hold a zero point per token and head beside the
-scales (the formats: `puyu_jax.quant.kv`). Block 0 is the null block: padded tokens write there, and no sequence
+scales; int4 keys and values are stored, and attended, in a rotated basis (the formats and the
+rotation: `puyu_jax.quant.kv`). Block 0 is the null block: padded tokens write there, and no sequence
 ever owns it.
 
 A token at position p of a sequence lives at page block_table[p // block_size], slot
@@ -26,7 +27,7 @@ from puyu_jax.kernels.paged_attention import paged_attention
 from puyu_jax.kernels.target import kernel_backend
 from puyu_jax.models.config import ModelConfig
 from puyu_jax.models.transformer import attention
-from puyu_jax.quant.kv import dequantize_kv, dequantize_kv4, quantize_kv, quantize_kv4, unpack_pages4
+from puyu_jax.quant.kv import dequantize_kv, dequantize_kv4, kv4_rotation, quantize_kv, quantize_kv4, unpack_pages4
 
 Array = jax.Array
 
@@ -138,6 +139,10 @@ class _LayerView:
     def attend(self, q: Array, k: Array, v: Array, scale: float) -> tuple[Array, "_LayerView"]:
         batch, i = self.cache, self.index
         kv = batch.kv
+        rot = None
+        if kv.k_zero is not None:  # int4: attend in the rotated basis (`quant.kv.kv4_rotation`)
+            rot = kv4_rotation(q.shape[-1], q.dtype)
+            q, k, v = q @ rot, k @ rot, v @ rot
         meta = kv.layer_meta(i)
         pages_k, mk = _write(kv.k[i], {n[2:]: x for n, x in meta.items() if n[0] == "k"}, k, batch.slots)
         pages_v, mv = _write(kv.v[i], {n[2:]: x for n, x in meta.items() if n[0] == "v"}, v, batch.slots)
@@ -146,6 +151,8 @@ class _LayerView:
             out = _decode_attention(batch, q[:, 0], pages_k, pages_v, meta, scale)[:, None]
         else:
             out = _prefill_attention(q, k, v, pages_k, pages_v, meta, batch, scale)
+        if rot is not None:
+            out = out @ rot.T
         kv = kv.replace(k=_set(kv.k, i, pages_k), v=_set(kv.v, i, pages_v),
                         **{name: _set(getattr(kv, name), i, x) for name, x in meta.items()})
         return out.astype(q.dtype), _LayerView(batch.replace(kv=kv), i)
