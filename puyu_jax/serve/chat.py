@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("-n", "--max-new-tokens", type=int, default=512)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--quant", choices=["none", "int4"], default="none")
+    p.add_argument("--quant", choices=["none", "int4", "w8a8"], default="none")
     p.add_argument("--kv", choices=["auto", "int8"], default="auto")
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--stats", action="store_true", help="print tokens and speed after each answer")

@@ -180,9 +180,9 @@ def add_parser(sub) -> None:
     p.add_argument("--api-keys", help="comma-separated bearer keys clients must send")
     p.add_argument("--served-model-name", help="the model name clients use (default: the source's name)")
     p.add_argument("--chat-template", help="template name (internlm2, chatml, llama-3, ...) instead of the model's own")
-    p.add_argument("--quant", choices=("none", "int4", "native"),
-                   help="weight quantization: int4 on load, or native: a GGUF's Q4_0/Q4_1/Q8_0 tensors as they are "
-                        "(the default for such a GGUF)")
+    p.add_argument("--quant", choices=("none", "int4", "w8a8", "native"),
+                   help="weight quantization: int4 or w8a8 (SmoothQuant) on load, or native: a GGUF's Q4_0/Q4_1/Q8_0 "
+                        "tensors as they are (the default for such a GGUF)")
     p.add_argument("--kv", choices=KV_DTYPES, help="KV-cache dtype (int8 / int4: per-token, per-head scales)")
     p.add_argument("--tp", type=int, help="tensor-parallel degree")
     p.add_argument("--max-num-seqs", type=int, help="sequences decoded together")

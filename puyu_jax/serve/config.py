@@ -138,7 +138,9 @@ class EngineConfig:
     kv_dtype: "auto" (the model dtype), "int8" (symmetric, per-token, per-head scales) or "int4"
     (asymmetric: per-token, per-head scale and zero point; `puyu_jax.quant.kv`).
     quant: "none", "int4" (weights quantized on load with `quant_method` unless
-    the checkpoint is already quantized) or "native" (a GGUF's Q4_0 / Q4_1 / Q8_0 tensors
+    the checkpoint is already quantized), "w8a8" (SmoothQuant on load: per-channel int8 weights,
+    per-token int8 activations, int8 x int8 -> int32 matmuls, calibrated on 4 windows of the
+    shipped C4 slice; the fastest form at 32 rows on a CPU, docs/benchmarks.md) or "native" (a GGUF's Q4_0 / Q4_1 / Q8_0 tensors
     kept as they are, see `puyu_jax.quant.gguf`). tp: tensor-parallel degree (devices on a
     `tensor` mesh axis). attention_impl: "auto" (Pallas on GPU/TPU, plain JAX on CPU),
     "pallas" or "reference". decode_steps: decode steps run on the device per dispatch
@@ -170,7 +172,7 @@ class EngineConfig:
             ("max_num_batched_tokens", self.max_num_batched_tokens >= self.block_size, "must be >= block_size"),
             ("max_waiting", self.max_waiting >= 1, "must be >= 1"),
             ("kv_dtype", self.kv_dtype in KV_DTYPES, "must be 'auto', 'int8' or 'int4'"),
-            ("quant", self.quant in ("none", "int4", "native"), "must be 'none', 'int4' or 'native'"),
+            ("quant", self.quant in ("none", "int4", "w8a8", "native"), "must be 'none', 'int4', 'w8a8' or 'native'"),
             ("quant_method", self.quant_method in ("rtn", "awq"), "must be 'rtn' or 'awq'"),
             ("tp", self.tp >= 1, "must be >= 1"),
             ("decode_steps", 1 <= self.decode_steps <= 64, "must be in [1, 64]"),

@@ -41,13 +41,20 @@ class LLMEngine:
     """Continuous-batching engine over one model (optionally tensor-parallel)."""
 
     def __init__(self, model, tokenizer=None, config: EngineConfig = EngineConfig(), model_name: str = "model"):
-        if config.quant in ("int4", "native"):
+        if config.quant != "none":
             from puyu_jax.quant import is_quantized, quantize_model
 
             if config.quant == "native" and not is_quantized(model):
                 raise ValueError("engine.quant='native' needs a model loaded from a quantized GGUF "
                                  "(LLMEngine.from_pretrained('x.gguf', config) or puyu_jax.quant.gguf.load_native)")
-            if not is_quantized(model):
+            if not is_quantized(model) and config.quant == "w8a8":
+                if tokenizer is None:
+                    raise ValueError("engine.quant='w8a8' calibrates SmoothQuant on text: the model has no tokenizer")
+                from puyu_jax.quant.awq import calibration_tokens
+
+                model = quantize_model(model, "smoothquant", calib_tokens=calibration_tokens(tokenizer, None, 4),
+                                       awq_config={"alpha": 0.5})
+            elif not is_quantized(model):
                 model = quantize_model(model, method=config.quant_method)
         self.config = config
         self.model_name = model_name

@@ -90,3 +90,26 @@ def test_bad_settings_are_clear_errors():
         apply_smoothquant(model, _tokens(1, 8), alpha=1.5)
     with pytest.raises(ValueError, match="bits=8"):
         quantize_model(model, "awq", bits=8)
+
+
+def test_the_engine_serves_w8a8_calibrated_on_load(smollm2_gguf):
+    """`EngineConfig(quant="w8a8")` quantizes a float model with SmoothQuant when it loads
+    (calibrating on the shipped text through the model's tokenizer) and serves it: greedy tokens
+    equal the W8A8 model's own dense argmax; without a tokenizer it is a clear error."""
+    from oracle import DenseGenerator
+    from puyu_jax.serve.config import EngineConfig, GenerationConfig
+    from puyu_jax.serve.engine import LLMEngine
+    from puyu_jax.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(smollm2_gguf)
+    model = init_model(dataclasses.replace(TINY, vocab_size=tok.vocab_size), seed=6)
+    with pytest.raises(ValueError, match="tokenizer"):
+        LLMEngine(model, None, EngineConfig(quant="w8a8", num_blocks=32, block_size=8))
+    eng = LLMEngine(model, tok, EngineConfig(quant="w8a8", num_blocks=32, block_size=8))
+    served = eng.runner.graphdef, eng.runner.state
+    q = nnx.merge(*served)
+    w = q.layers[0].mlp.gate_proj.kernel.get_value()
+    assert isinstance(w, Int8Weight) and w.act_bits == 8  # per-token int8 activations: W8A8
+    prompt = tok.encode("The capital of France is")
+    (out,) = eng.generate([prompt], GenerationConfig(max_new_tokens=6, ignore_eos=True))
+    assert out.outputs[0].token_ids == DenseGenerator(q).generate([prompt], 6)[0]

@@ -14,6 +14,7 @@ Engines (`--engines`, comma separated):
   puyu-native   the same serving the GGUF's Q4_1 / Q8_0 tensors as they are (quant="native")
   puyu-kv8      the same with int8 KV cache
   puyu-kv4      the same with int4 KV cache (scale and zero point per token and head)
+  puyu-w8a8     the same with SmoothQuant W8A8 weights (quant="w8a8": int8 x int8 -> int32 matmuls)
   hf            transformers `generate` + torch on CPU, fp32, static batches of `concurrency`
                 requests (left padding), `--threads` torch threads
   llamacpp-q4   llama.cpp (llama-cpp-python) on the shipped GGUF (Q4_1), one request at a time
@@ -37,13 +38,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-ENGINES = ("puyu-fp32", "puyu-int4", "puyu-native", "puyu-kv8", "puyu-kv4", "hf", "llamacpp-q4", "llamacpp-f32")
+ENGINES = ("puyu-fp32", "puyu-int4", "puyu-native", "puyu-w8a8", "puyu-kv8", "puyu-kv4", "hf", "llamacpp-q4",
+           "llamacpp-f32")
 PUYU_VARIANTS = {
     "puyu-fp32": dict(kv_dtype="auto", quant="none"),
     "puyu-int4": dict(kv_dtype="auto", quant="int4"),
     "puyu-native": dict(kv_dtype="auto", quant="native"),
     "puyu-kv8": dict(kv_dtype="int8", quant="none"),
     "puyu-kv4": dict(kv_dtype="int4", quant="none"),
+    "puyu-w8a8": dict(kv_dtype="auto", quant="w8a8"),
 }
 # relative to the repository: the shared data folder beside it, else the text shipped in the package
 TEXT_SOURCES = ("../shared/data/pretrain/wiki_demo.txt", "puyu_jax/train/assets/tinyshakespeare.txt")
