@@ -1,12 +1,12 @@
-"""Evaluation scoring throughput: the local backend on the serving engine against the former
-dense local backend, on ARC-Easy and PIQA with SmolLM2-135M-Instruct.
+"""Evaluation scoring throughput: the local backend on the serving engine against a plain dense
+scorer, on ARC-Easy and PIQA with SmolLM2-135M-Instruct.
 
 Both run through the evaluation harness exactly as `puyu eval` does (`infer`: requests in
 chunks of 64, no prediction cache), on the same items and the same tokenization:
   * engine: `LocalBackend` (puyu_jax/eval/backends/local.py): scoring requests scheduled as
     prefill work by `LLMEngine`, with the prefix cache computing each question once;
-  * dense: the backend this project had before (kept as `tests/oracle.py::dense_loglikelihood`):
-    right-padded, length-sorted batches of 8 rows through one plain forward each.
+  * dense: `tests/oracle.py::dense_loglikelihood`, the test oracle: right-padded, length-sorted
+    batches of 8 rows through one plain forward each.
 A short warm-up (compilation) runs first on each, timed apart. Reported: items/s, the speed-up,
 accuracy of each, and the largest per-option log-prob difference (the two must agree to 1e-4).
 
