@@ -33,9 +33,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from puyu_jax.kernels.target import kernel_backend, out_struct, pow2_at_least
-from puyu_jax.quant.kv import dequantize_kv4, unpack_pages4
 
-__all__ = ["paged_attention", "paged_attention_reference"]
+__all__ = ["paged_attention", "paged_attention_reference", "unpack_pages4"]
 
 # Finite stand-in for -inf: exp(MASK - m) underflows to 0 without producing NaN from inf - inf.
 _MASK = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -78,6 +77,13 @@ def _check(q, k_pages, v_pages, lengths, block_tables, k_scale, v_scale, window,
     return quantized
 
 
+def unpack_pages4(packed: jax.Array, dtype=jnp.uint8) -> jax.Array:
+    """int4 pages as the kernels read them: `[..., s / 2, e]` bytes -> `[..., s, e]` codes in `dtype`
+    (row r's low nibbles are token r, its high nibbles token r + s / 2; `quant.kv.pack_pages4`)."""
+    b = packed.astype(jnp.int32)
+    return jnp.concatenate([b & 15, b >> 4], axis=-2).astype(dtype)
+
+
 def _page_range(length, block_size: int, window: int):
     """[first, end) pages of a sequence that hold at least one attended key."""
     # lax.div (truncation) rather than //: operands are >= 0, and floor division's sign fix-up
@@ -108,8 +114,11 @@ def paged_attention_reference(q, k_pages, v_pages, lengths, block_tables, *, sca
     bt = jnp.clip(block_tables, 0, n - 1)
     # Gather in storage dtype (int8 moves 4x fewer bytes than its fp32 dequant), then widen.
     if k_zero is not None:
-        keys = dequantize_kv4(unpack_pages4(k_pages[:, bt]), k_scale[:, bt], k_zero[:, bt]).reshape(kh, b, t, e)
-        vals = dequantize_kv4(unpack_pages4(v_pages[:, bt]), v_scale[:, bt], v_zero[:, bt]).reshape(kh, b, t, e)
+        # value = code * scale + zero (`quant.kv.dequantize_kv4`)
+        keys = (unpack_pages4(k_pages[:, bt], jnp.float32) * k_scale[:, bt][..., None]
+                + k_zero[:, bt][..., None]).reshape(kh, b, t, e)
+        vals = (unpack_pages4(v_pages[:, bt], jnp.float32) * v_scale[:, bt][..., None]
+                + v_zero[:, bt][..., None]).reshape(kh, b, t, e)
     else:
         keys = k_pages[:, bt].reshape(kh, b, t, e).astype(jnp.float32)
         vals = v_pages[:, bt].reshape(kh, b, t, e).astype(jnp.float32)

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from puyu_jax.kernels.paged_attention import unpack_pages4  # the page layout the kernels read
+
 __all__ = ["quantize_kv", "dequantize_kv", "quantize_kv4", "dequantize_kv4", "pack_pages4", "unpack_pages4",
            "kv4_rotation"]
 
@@ -80,12 +82,6 @@ def pack_pages4(codes: jax.Array) -> jax.Array:
         raise ValueError(f"int4 KV needs an even block size, got {s}")
     c = codes.astype(jnp.uint8)
     return c[..., : s // 2, :] | (c[..., s // 2:, :] << 4)
-
-
-def unpack_pages4(packed: jax.Array, dtype=jnp.uint8) -> jax.Array:
-    """Inverse of `pack_pages4`: `[..., s / 2, e]` bytes -> `[..., s, e]` codes in `dtype`."""
-    b = packed.astype(jnp.int32)
-    return jnp.concatenate([b & 15, b >> 4], axis=-2).astype(dtype)
 
 
 def kv4_rotation(head_dim: int, dtype=jnp.float32) -> jax.Array:
