@@ -13,8 +13,8 @@
   when the head dim is not a power of two) and the attention output is rotated back by Hᵀ:
   q·k and the softmax weights are unchanged (H is orthogonal), but a few outlier channels are
   spread over all of them, so one scale per token no longer spends 15 levels on one channel
-  (QuaRot, Ashkboos et al. 2024). On SmolLM2 this takes int4 KV from +11.7 % to +2.4 %
-  perplexity (docs/benchmarks.md).
+  (QuaRot, Ashkboos et al. 2024). On SmolLM2 this takes int4 KV from +11.9 % to +2.1 %
+  perplexity on the held-out wiki text (docs/benchmarks.md).
 
 The serving engine writes K/V pages in these formats (`serve/kv_cache.py`); the paged-attention
 kernels and their twin read them (`k_scale` / `v_scale`, and `k_zero` / `v_zero` for int4).
